@@ -1,0 +1,39 @@
+"""Shared fixtures: a sentencepiece tokenizer trained in-process (LLaMA's id layout: unk 0, bos 1, eos 2, no pad)."""
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import pytest
+
+CORPUS_WORDS = (
+    "the answer is a b c d e because image context question options response lecture solution "
+    "red green blue yellow circle square triangle which color shape is shown in picture what of "
+    "following animal plant word sentence map state capital north south east west number one two three "
+    "output short caption a photo dog cat on table"
+).split()
+
+
+def train_tokenizer(path: Path, vocab_size: int = 512, seed: int = 0) -> Path:
+    """Train a small BPE sentencepiece model with LLaMA's special-token ids and write it to ``path``."""
+    import sentencepiece as spm
+
+    rng = random.Random(seed)
+    sentences = [" ".join(rng.choice(CORPUS_WORDS) for _ in range(12)) + " (A) (B) 0 1 2 3 4 5 6 7 8 9 . , : ? \\n"
+                 for _ in range(2000)]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, character_coverage=1.0,
+        num_threads=1, minloglevel=2,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+@pytest.fixture(scope="session")
+def spm_tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path to a tokenizer.model usable wherever LLaMA's tokenizer.model is expected."""
+    return train_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
