@@ -1,0 +1,117 @@
+"""Checkpoint files: the full training state (``checkpoints/last.pt``) and trainable weights (``*.safetensors``).
+
+``last.pt`` is loaded with ``torch.load(weights_only=True)``, so it holds only tensors and plain containers of
+primitives: NumPy's RNG state is stored as a tensor plus numbers, the config as a plain dict. Every file is written to a
+temporary name first and moved into place with ``os.replace``, so a crash never leaves half a checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlmkit.errors import CheckpointError, missing_file
+
+#: Marks a file as a vlmkit training checkpoint (versus e.g. an OpenFlamingo checkpoint.pt).
+FORMAT_KEY = "vlmkit_checkpoint"
+FORMAT_VERSION = 1
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def save_state(state: Mapping[str, Any], path: str | Path) -> None:
+    """Write a full training state atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    torch.save({FORMAT_KEY: FORMAT_VERSION, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Read a vlmkit training checkpoint (tensors are loaded on the CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise missing_file(path, "checkpoint", "train first, or pass the path of an existing checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {' '.join(str(e).split())[:300]}") from e
+    if not is_vlmkit_state(state):
+        raise CheckpointError(f"{path} is not a vlmkit training checkpoint (it has no '{FORMAT_KEY}' key)")
+    return state
+
+
+def is_vlmkit_state(obj: Any) -> bool:
+    return isinstance(obj, dict) and FORMAT_KEY in obj
+
+
+def peek_arch(path: str | Path) -> str | None:
+    """The model arch recorded in a checkpoint, or None when the file is unreadable or not a vlmkit checkpoint."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    return state.get("arch") if is_vlmkit_state(state) else None
+
+
+def save_weights(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
+    """Write trainable weights as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    # safetensors needs contiguous CPU tensors that share no storage.
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    save_file(plain, str(tmp), metadata=dict(metadata or {}))
+    os.replace(tmp, path)
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise missing_file(path, "weights file", "train first, or pass the path of an existing .safetensors file")
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"cannot read safetensors file {path}: {' '.join(str(e).split())[:300]}") from e
+
+
+# --- random number generators
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states, as tensors and plain containers."""
+    mt_name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"name": mt_name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    py = state["python"]
+    # weights_only loading turns tuples into lists; random.setstate wants the original tuple shape.
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
