@@ -1,1 +1,1 @@
-"""(placeholder, filled in by its owner)"""
+"""Processors: prompt formats (vlmkit.processors.prompts) and image transforms."""

@@ -1,1 +1,1 @@
-"""(placeholder, filled in by its owner)"""
+"""Tasks (registered in TASKS): scienceqa, vqa, caption. The shared contract is in vlmkit.tasks.base."""
