@@ -26,7 +26,7 @@ def train_tokenizer(path: Path, vocab_size: int = 512, seed: int = 0) -> Path:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, character_coverage=1.0,
-        num_threads=1, minloglevel=2,
+        num_threads=1, minloglevel=2, normalization_rule_name="identity", remove_extra_whitespaces=False,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buf.getvalue())

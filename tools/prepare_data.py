@@ -44,9 +44,9 @@ def prepare_out_dir(out: Path, force: bool, owned: Sequence[str]) -> None:
 def add_synthetic_scienceqa(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synthetic-scienceqa", help="generate a ScienceQA-layout dataset (and a tiny LLaMA for it)")
     p.add_argument("--out", required=True, type=Path, help="output directory (becomes datasets.scienceqa.root)")
-    p.add_argument("--n-train", type=int, default=400)
+    p.add_argument("--n-train", type=int, default=1000)
     p.add_argument("--n-val", type=int, default=100)
-    p.add_argument("--n-test", type=int, default=100)
+    p.add_argument("--n-test", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=32, help="side of the generated PNG images in pixels")
     p.add_argument("--tiny-llama", action=argparse.BooleanOptionalAction, default=True,
