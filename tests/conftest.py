@@ -37,3 +37,46 @@ def train_tokenizer(path: Path, vocab_size: int = 512, seed: int = 0) -> Path:
 def spm_tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path to a tokenizer.model usable wherever LLaMA's tokenizer.model is expected."""
     return train_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Running the real command-line tools (the same commands the README gives).
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_tool(args: list[str], cwd: Path | None = None, env: dict | None = None, timeout: int = 600,
+             torchrun: int = 0) -> subprocess.CompletedProcess:
+    """Run ``tools/<script>`` (or ``python -m ...``) as a user would; with ``torchrun=N`` under N CPU ranks (gloo)."""
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+                "OMP_NUM_THREADS": "1" if torchrun else os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}
+    cmd = [sys.executable]
+    if torchrun:
+        cmd += ["-m", "torch.distributed.run", "--nproc_per_node", str(torchrun), "--master_port", str(free_port())]
+    cmd += args
+    return subprocess.run(cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The README quickstart, run once: generated data + tiny LLaMA, then training and test evaluation."""
+    root = tmp_path_factory.mktemp("quickstart")
+    data, out = root / "sqa_tiny", root / "run"
+    prep = run_tool([str(REPO / "tools/prepare_data.py"), "synthetic-scienceqa", "--out", str(data)])
+    assert prep.returncode == 0, prep.stderr
+    env = {"VLMKIT_QUICKSTART_ROOT": str(data)}
+    train = run_tool([str(REPO / "tools/train.py"), "--cfg-path", str(REPO / "projects/quickstart/lavin_sqa_tiny.yaml"),
+                      "--options", f"run.output_dir={out}"], env=env, timeout=900)
+    assert train.returncode == 0, train.stderr[-3000:]
+    return {"data": data, "out": out, "env": env, "stdout": train.stdout, "stderr": train.stderr}

@@ -111,12 +111,23 @@ class ScienceQADataset(Dataset):
                 raise DataError(f"{path} must hold {{\"captions\": {{qid: caption}}}} (re-download it)")
             self.captions = {str(k): str(v) for k, v in captions["captions"].items()}
 
-        # Checked now (one stat per image) so a run does not stop hours in; decoding stays lazy.
+        # Checked now (one stat and one header read per image) so a run does not stop hours in; decoding stays lazy.
         missing = [q for q in self.qids if self.has_image(q) and not self.image_path(q).is_file()]
         if missing:
             path = self.image_path(missing[0])
             raise missing_file(path, f"{len(missing)} images of split '{split}' are missing, e.g. the image",
                                f"re-download or re-extract {path.relative_to(self.root)}")
+        for qid in self.qids:
+            if self.has_image(qid):
+                self._check_header(self.image_path(qid))
+
+    def _check_header(self, path: Path) -> None:
+        try:
+            with Image.open(path):  # reads the header only
+                pass
+        except (OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"cannot decode image {path}: {' '.join(str(e).split())} "
+                            f"(re-download or re-extract {path.relative_to(self.root)})") from e
 
     def image_path(self, qid: str) -> Path:
         problem = self.problems[qid]

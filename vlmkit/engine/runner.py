@@ -106,6 +106,15 @@ def load_checkpoint_into(model: Any, path: str | Path, arch: str) -> None:
     path = Path(path)
     if not path.is_file():
         raise missing_file(path, "checkpoint", "pass --checkpoint <output_dir>/model.safetensors of a finished run")
+    try:
+        _load_checkpoint_file(model, path, arch)
+    except CheckpointError as e:
+        message = str(e)
+        raise CheckpointError(message if str(path) in message else f"{path}: {message}") from e
+    logger.info("loaded weights from %s", path)
+
+
+def _load_checkpoint_file(model: Any, path: Path, arch: str) -> None:
     if path.suffix == ".safetensors":
         model.load_trainable_state_dict(load_weights(path))
         return
@@ -122,7 +131,6 @@ def load_checkpoint_into(model: Any, path: str | Path, arch: str) -> None:
     else:
         raise CheckpointError(f"{path} is neither a .safetensors file nor a vlmkit checkpoint, and model '{arch}' "
                               "reads no other checkpoint format")
-    logger.info("loaded weights from %s", path)
 
 
 @contextlib.contextmanager
