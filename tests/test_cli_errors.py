@@ -124,3 +124,13 @@ def test_debug_shows_traceback(small_data, existing_output):
                     f"run.output_dir={existing_output}", "model.arch=lavn"],
                    env={"VLMKIT_QUICKSTART_ROOT": str(small_data)})
     assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_7b_recipe_names_missing_weights(tmp_path, small_data):
+    """The seed's LaVIN-7B recipe on a machine without the weights: one line naming the file and how to get it."""
+    res = run_tool([str(REPO / "tools/train.py"), "--cfg-path", str(REPO / "projects/lavin/sqa_7b.yaml"), "--options",
+                    f"run.output_dir={tmp_path / 'run'}"],
+                   env={"VLMKIT_LLAMA_ROOT": str(tmp_path / "llama"), "VLMKIT_SQA_ROOT": str(small_data)})
+    line = _fails_cleanly(res, str(tmp_path / "llama"))
+    assert "obtain" in line or "request" in line or "download" in line, line
+    assert not (tmp_path / "run").exists()

@@ -237,8 +237,20 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, dict[str, Any]]:
         dist.cleanup()
 
 
+def apply_effective_batch(run: DictConfig, world_size: int) -> None:
+    """``run.effective_batch`` fixes the global batch whatever the GPU count: derive ``run.accum_iter`` from it."""
+    if run.get("effective_batch") is None:
+        return
+    per_step = int(run.batch_size) * world_size
+    if int(run.effective_batch) % per_step:
+        raise ConfigError(f"run.effective_batch={run.effective_batch} is not a multiple of run.batch_size × ranks = "
+                          f"{run.batch_size} × {world_size}: change run.batch_size or the number of processes")
+    run.accum_iter = int(run.effective_batch) // per_step
+
+
 def _train(cfg: DictConfig, resume: bool, device: torch.device) -> dict[str, dict[str, Any]]:
     run = cfg.run
+    apply_effective_batch(run, dist.world_size())
     out = Path(run.output_dir)
     last_path, best_path = out / LAST_CHECKPOINT, out / BEST_WEIGHTS
     if resume and not last_path.is_file():
