@@ -72,7 +72,7 @@ def defaults_for(section: str, name: str | None = None) -> DictConfig | None:
     if section == "model":
         entry = MODELS.get(name)
         if getattr(entry, "default_config", None) is not None:
-            return OmegaConf.create(dict(entry.default_config))
+            return OmegaConf.create({"arch": name, **dict(entry.default_config)})
     return None
 
 
