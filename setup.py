@@ -5,7 +5,7 @@ RUNTIME = [
     "torchvision",
     "omegaconf>=2.3",
     "open_clip_torch>=2.20",
-    "transformers>=4.40",
+    "transformers>=5.0",
     "einops",
     "sentencepiece",
     "protobuf",

@@ -1,1 +1,382 @@
-"""(placeholder, filled in by its owner)"""
+"""LaVIN: LLaMA (transformers' LlamaForCausalLM) + CLIP ViT taps + mixture-of-modality adapters (paper "Cheap and Quick").
+
+Sequence fed to the LLM (one column per position)::
+
+    [modality][BOS] "Image: " [n image tokens] prompt  target EOS  pad…     (sample with an image)
+    [modality][BOS] "Image: N/A"               prompt  target EOS  pad…     (text-only sample)
+
+The modality column holds ``adapter_modality_embedding[1 if image else 0]``. No token attends to it (only it sees
+itself); its hidden state in each layer is what that layer's adapter routers read, so it only steers the routers.
+Training pads on the right. Generation pads on the LEFT of the text but keeps the modality token in column 0
+(``[modality][pad…][BOS]…``), so every prompt ends in the last column and the routers read column 0 in every pass.
+
+Routing during incremental decoding: a new token's pass has no modality column, so ``generate`` runs the prompt pass
+inside ``_reused_routing()``, which makes every LLM adapter keep the routing weights it computed there and reuse them for
+the generated tokens (as the reference's ``cache_weights``); the context clears them on exit.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlmkit.errors import ConfigError, DataError
+from vlmkit.models.adapters import AdapterMLP, MMAdapter, dropout_schedule
+from vlmkit.models.base import VLModel
+from vlmkit.models.clip import CLIPVisionTaps, build_clip_visual
+from vlmkit.models.llama import PAD_ID, SentencePieceTokenizer, load_llama, quantize_decoder_linears, resolve_dtype
+from vlmkit.processors.image import lavin_image_transform
+from vlmkit.registry import MODELS
+
+# The reference's fixed prompt pieces that announce the image slot (or its absence).
+IMAGE_PREFIX = "Image: "
+NO_IMAGE_PREFIX = "Image: N/A"
+MODALITY_COLUMN = 0
+IMAGE_MODALITY, TEXT_MODALITY = 1, 0  # rows of adapter_modality_embedding
+IGNORE_INDEX = -100  # label of positions that are not scored
+ADAPTER_PLACEMENTS = ("attn", "block")
+VISUAL_ADAPTERS = ("router", "none")
+
+
+class NormWithAdapter(nn.Module):
+    """A decoder layer's RMSNorm followed by an MMA adapter (replaces ``input_layernorm`` / ``post_attention_layernorm``).
+
+    The router reads the normalised hidden state of the modality column; see the module docstring for decoding.
+    """
+
+    def __init__(self, norm: nn.Module, adapter: MMAdapter) -> None:
+        super().__init__()
+        self.norm = norm
+        self.adapter = adapter
+        self.keep_routing = False  # set by LaVIN._reused_routing
+        self.kept_weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        if self.kept_weights is not None:
+            return self.adapter(h, self.kept_weights)
+        weights = self.adapter.routing_weights(h[:, MODALITY_COLUMN])
+        if self.keep_routing:
+            self.kept_weights = weights
+        return self.adapter(h, weights)
+
+
+def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, L) 1 = token / 0 = pad → (B, 1, L, L) additive mask: causal, pads and the modality column hidden.
+
+    Every position also sees itself, so the modality token (and a pad) has one key and its softmax stays finite.
+    """
+    B, L = attention_mask.shape
+    device = attention_mask.device
+    key_ok = attention_mask.bool().clone()
+    key_ok[:, MODALITY_COLUMN] = False
+    allowed = torch.ones(L, L, dtype=torch.bool, device=device).tril()[None] & key_ok[:, None, :]
+    allowed |= torch.eye(L, dtype=torch.bool, device=device)[None]
+    bias = torch.zeros(B, 1, L, L, dtype=dtype, device=device)
+    return bias.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """RoPE positions counting real tokens only (modality 0, BOS 1, …), whatever padding sits between them."""
+    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+def sample_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus sampling: keep the smallest set of tokens whose probability mass reaches ``top_p``, renormalise, draw."""
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
+    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+    choice = torch.multinomial(sorted_probs / sorted_probs.sum(-1, keepdim=True), 1)
+    return order.gather(-1, choice).squeeze(-1)
+
+
+class LaVINCollator:
+    """Samples → batch. Picklable: holds only the tokenizer and numbers.
+
+    Batch: ``input_ids`` (B, L) long (pad id in the modality/image/pad columns), ``attention_mask`` (B, L) long,
+    ``labels`` (B, L) long (train only; target tokens + EOS, else -100), ``images`` (B, 3, H, W) (zeros without an
+    image), ``has_image`` (B,) bool, ``image_start`` (B,) long (first image column, -1 without), ``ids`` list[str].
+    """
+
+    def __init__(self, tokenizer: SentencePieceTokenizer, n_image_tokens: int, image_size: int, max_seq_len: int,
+                 train: bool) -> None:
+        self.tokenizer = tokenizer
+        self.n_image_tokens = n_image_tokens
+        self.image_size = image_size
+        self.max_seq_len = max_seq_len
+        self.train = train
+        self.image_prefix = tokenizer.encode(IMAGE_PREFIX)
+        self.no_image_prefix = tokenizer.encode(NO_IMAGE_PREFIX)
+
+    def _row(self, sample: Mapping[str, Any]) -> tuple[list[int], list[int], torch.Tensor | None, int]:
+        images = list(sample.get("images") or [])
+        if len(images) > 1:
+            raise DataError(f"sample {sample.get('id')!r} has {len(images)} images; LaVIN takes at most one per sample")
+        image = images[0] if images else None
+        if image is not None and tuple(image.shape) != (3, self.image_size, self.image_size):
+            raise DataError(f"sample {sample.get('id')!r}: image of shape {tuple(image.shape)}, expected "
+                            f"(3, {self.image_size}, {self.image_size}); apply model.image_transform to images")
+        tok = self.tokenizer
+        head = [PAD_ID, tok.bos_id]  # modality column, then BOS
+        if image is not None:
+            image_start = len(head) + len(self.image_prefix)
+            head += self.image_prefix + [PAD_ID] * self.n_image_tokens
+        else:
+            image_start = -1
+            head += self.no_image_prefix
+        ids = head + tok.encode(sample["prompt"])
+        labels = [IGNORE_INDEX] * len(ids)
+        if self.train:
+            target = tok.encode(sample.get("target") or "") + [tok.eos_id]
+            ids, labels = ids + target, labels + target
+        return ids[: self.max_seq_len], labels[: self.max_seq_len], image, image_start
+
+    def __call__(self, samples: list[Mapping[str, Any]]) -> dict[str, Any]:
+        rows = [self._row(s) for s in samples]
+        L = max(len(r[0]) for r in rows)
+        input_ids, labels, mask, starts = [], [], [], []
+        for ids, lab, _, start in rows:
+            n_pad = L - len(ids)
+            if self.train:  # right padding
+                input_ids.append(ids + [PAD_ID] * n_pad)
+                labels.append(lab + [IGNORE_INDEX] * n_pad)
+                mask.append([1] * len(ids) + [0] * n_pad)
+            else:  # left padding of the text, the modality token stays in column 0
+                input_ids.append(ids[:1] + [PAD_ID] * n_pad + ids[1:])
+                mask.append([1] + [0] * n_pad + [1] * (len(ids) - 1))
+                start = start + n_pad if start >= 0 else start
+            starts.append(start)
+        zeros = torch.zeros(3, self.image_size, self.image_size)
+        batch = {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long),
+            "images": torch.stack([img.float() if img is not None else zeros for _, _, img, _ in rows]),
+            "has_image": torch.tensor([img is not None for _, _, img, _ in rows], dtype=torch.bool),
+            "image_start": torch.tensor(starts, dtype=torch.long),
+            "ids": [str(s.get("id")) for s in samples],
+        }
+        if self.train:
+            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        return batch
+
+
+def insert_llm_adapters(llm: nn.Module, placement: str, dropouts: list[float], **adapter_kw: Any) -> None:
+    """Put an MMA adapter after the attention norm of every decoder layer (``attn``), and after the FFN norm (``block``)."""
+    if placement not in ADAPTER_PLACEMENTS:
+        raise ConfigError(f"model.adapter_placement must be one of {', '.join(ADAPTER_PLACEMENTS)}, got '{placement}'")
+    d = llm.config.hidden_size
+    for layer, p in zip(llm.model.layers, dropouts):
+        layer.input_layernorm = NormWithAdapter(layer.input_layernorm, MMAdapter(d, dropout=p, **adapter_kw))
+        if placement == "block":
+            layer.post_attention_layernorm = NormWithAdapter(layer.post_attention_layernorm,
+                                                             MMAdapter(d, dropout=p, **adapter_kw))
+
+
+@MODELS.register("lavin")
+class LaVIN(VLModel):
+    """LaVIN; build it with :meth:`from_config` (defaults: configs/models/lavin.yaml)."""
+
+    def __init__(self, llm: nn.Module, tokenizer: SentencePieceTokenizer, visual: CLIPVisionTaps, hidden_proj: int,
+                 max_seq_len: int) -> None:
+        super().__init__()
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.visual = visual
+        d = llm.config.hidden_size
+        self.adapter_proj = AdapterMLP(visual.width, hidden_proj, d)
+        self.adapter_modality_embedding = nn.Embedding(2, d)
+        self.max_seq_len = max_seq_len
+        self.n_image_tokens = visual.n_tokens
+        self.image_transform = lavin_image_transform(visual.image_size)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], device: str | torch.device | None = None) -> "LaVIN":
+        """Build from the ``model`` config section on ``device`` (default CPU).
+
+        ``device="meta"`` builds the structure only (reads params.json/config.json and tokenizer.model, no weights), e.g.
+        to count parameters. The frozen base is in ``cfg.dtype``; adapters, projection and modality embedding are fp32.
+        """
+        device = torch.device(device or "cpu")
+        structure_only = device.type == "meta"
+        train_backbone = bool(cfg["train_backbone"])
+        dtype = torch.float32 if train_backbone else resolve_dtype(cfg["dtype"], device)
+        if train_backbone and cfg["quantization"]:
+            raise ConfigError("model.train_backbone needs a full-precision backbone; set model.quantization: null")
+        if cfg["visual_adapter"] not in VISUAL_ADAPTERS:
+            raise ConfigError(f"model.visual_adapter must be one of {', '.join(VISUAL_ADAPTERS)}, "
+                              f"got '{cfg['visual_adapter']}'")
+        llm, tokenizer = load_llama(cfg["llama_root"], str(cfg["llama_size"]), cfg["llama_format"], dtype,
+                                    load_weights=not structure_only)
+        if cfg["quantization"] and not structure_only:
+            quantize_decoder_linears(llm, cfg["quantization"], device)
+        adapter_kw = {"adapter_dim": int(cfg["adapter_dim"]), "scale": float(cfg["adapter_scale"]),
+                      "temperature": float(cfg["temperature"])}
+        n_layers = llm.config.num_hidden_layers
+        dropouts = dropout_schedule(cfg["dropout_schedule"], n_layers, float(cfg["adapter_dropout"]),
+                                    float(cfg["dropout_min"]), float(cfg["dropout_max"]))
+        vision_cfg = cfg["clip_vision_cfg"]
+        vision_cfg = dict(vision_cfg) if vision_cfg is not None else None
+        # Random parts (adapters, tiny towers) come from their own seed: identical on every rank and every run.
+        with torch.random.fork_rng(devices=[]), torch.device("meta" if structure_only else "cpu"):
+            torch.manual_seed(int(cfg["init_seed"]))
+            visual = build_clip_visual(cfg["clip_name"], cfg["clip_weights"], vision_cfg, load_weights=not structure_only)
+            n_blocks = len(visual.transformer.resblocks)
+            width = int(visual.class_embedding.shape[-1])
+            clip_adapters = None
+            if cfg["visual_adapter"] == "router":
+                clip_adapters = [MMAdapter(width, dropout=float(cfg["adapter_dropout"]), **adapter_kw)
+                                 for _ in range(n_blocks)]
+            taps = CLIPVisionTaps(visual.to(dtype), int(cfg["tap_every"]), clip_adapters)
+            insert_llm_adapters(llm, cfg["adapter_placement"], dropouts, **adapter_kw)
+            model = cls(llm, tokenizer, taps, int(cfg["hidden_proj"]), int(cfg["max_seq_len"]))
+        model.set_trainable(train_backbone)
+        if cfg["gradient_checkpointing"] and not structure_only:
+            model.enable_gradient_checkpointing()
+        return model.to(device)
+
+    # --- parameters
+    def adapter_modules(self) -> list[nn.Module]:
+        """The modules LaVIN trains: LLM and CLIP adapters, the visual projection, the modality embedding."""
+        mods: list[nn.Module] = [m.adapter for m in self.llm.modules() if isinstance(m, NormWithAdapter)]
+        mods += list(self.visual.adapters or [])
+        return mods + [self.adapter_proj, self.adapter_modality_embedding]
+
+    def set_trainable(self, train_backbone: bool = False) -> None:
+        """Adapters trainable in fp32; the backbone frozen (or trainable, fp32, with ``train_backbone``)."""
+        for p in self.parameters():
+            p.requires_grad_(train_backbone)
+        for module in self.adapter_modules():
+            module.float()
+            for p in module.parameters():
+                p.requires_grad_(True)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each decoder layer in backward (non-reentrant: the frozen layers' inputs need no grad flag)."""
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.llm, "activation_checkpointing_enable"):  # transformers >= 5.x
+            self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def collator(self, train: bool) -> LaVINCollator:
+        return LaVINCollator(self.tokenizer, self.n_image_tokens, self.visual.image_size, self.max_seq_len, train)
+
+    # --- forward
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.llm.get_input_embeddings().weight.dtype
+
+    def input_embeddings(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """(B, L, d): token embeddings with the modality embedding in column 0 and projected CLS taps in the image slots.
+
+        The vision tower runs on every sample (zeros where there is no image, as the reference does), so each step
+        uses every trainable parameter — DDP needs no unused-parameter search.
+        """
+        ids = batch["input_ids"]
+        embeds = self.llm.get_input_embeddings()(ids)
+        B, L, d = embeds.shape
+        has_image = batch["has_image"].bool()
+        modality = self.adapter_modality_embedding(has_image.long()).to(embeds.dtype)
+        cols = torch.arange(L, device=ids.device)
+        embeds = torch.where((cols == MODALITY_COLUMN)[None, :, None], modality[:, None, :], embeds)
+        feats = self.adapter_proj(self.visual(batch["images"].to(self._dtype))).to(embeds.dtype)  # (B, n, d)
+        slot = cols[None, :] - batch["image_start"][:, None]
+        in_slot = has_image[:, None] & (slot >= 0) & (slot < self.n_image_tokens)
+        index = slot.clamp(0, self.n_image_tokens - 1)[..., None].expand(B, L, d)
+        return torch.where(in_slot[..., None], feats.gather(1, index), embeds)
+
+    def _run(self, embeds: torch.Tensor, attention_mask: torch.Tensor, **kw: Any) -> Any:
+        return self.llm.model(inputs_embeds=embeds, attention_mask=attention_bias(attention_mask, embeds.dtype),
+                              position_ids=position_ids(attention_mask), **kw)
+
+    def logits(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Full-sequence logits (B, L, vocab), fp32."""
+        hidden = self._run(self.input_embeddings(batch), batch["attention_mask"], use_cache=False).last_hidden_state
+        return self.llm.lm_head(hidden).float()
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Mean cross-entropy over target tokens (answer + EOS); only their positions go through the LM head."""
+        hidden = self._run(self.input_embeddings(batch), batch["attention_mask"], use_cache=False).last_hidden_state
+        targets = batch["labels"][:, 1:]
+        scored = targets != IGNORE_INDEX
+        logits = self.llm.lm_head(hidden[:, :-1][scored]).float()
+        n = scored.sum()
+        loss = F.cross_entropy(logits, targets[scored], reduction="sum") / n.clamp(min=1)
+        return {"loss": loss, "n_target_tokens": n}
+
+    # --- generation
+    @contextmanager
+    def _reused_routing(self) -> Iterator[None]:
+        wrappers = [m for m in self.llm.modules() if isinstance(m, NormWithAdapter)]
+        for w in wrappers:
+            w.keep_routing, w.kept_weights = True, None
+        try:
+            yield
+        finally:
+            for w in wrappers:
+                w.keep_routing, w.kept_weights = False, None
+
+    @torch.no_grad()
+    def generate(self, batch: Mapping[str, Any], max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+                 num_beams: int = 1, use_cache: bool = True, **ignored: Any) -> list[str]:
+        """Decoded continuations (prompt excluded, cut at EOS). ``temperature`` 0: greedy (deterministic); otherwise
+        softmax(logits / temperature) with nucleus ``top_p``. ``use_cache`` False recomputes the whole sequence each
+        step (a check of the KV-cache path). Other keyword arguments (e.g. ``length_penalty``) do not apply and are
+        ignored."""
+        if num_beams != 1:
+            raise ConfigError(f"LaVIN generates with num_beams=1 only (got {num_beams}); set run.generate.num_beams: 1")
+        embeds = self.input_embeddings(batch)
+        mask = batch["attention_mask"]
+        B = embeds.shape[0]
+        eos = self.tokenizer.eos_id
+        tokens = torch.full((B, max_new_tokens), PAD_ID, dtype=torch.long, device=embeds.device)
+        finished = torch.zeros(B, dtype=torch.bool, device=embeds.device)
+        embed_tokens = self.llm.get_input_embeddings()
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            # An embedding padded beyond the tokenizer (e.g. HF checkpoints with extra rows) must not emit ids the
+            # tokenizer cannot decode.
+            logits[..., self.tokenizer.vocab_size:] = float("-inf")
+            if temperature <= 0:
+                return logits.argmax(-1)
+            return sample_top_p(torch.softmax(logits.float() / temperature, dim=-1), top_p)
+
+        with self._reused_routing() if use_cache else nullcontext():
+            if use_cache:
+                from transformers import DynamicCache
+
+                cache = DynamicCache(config=self.llm.config)
+                out = self._run(embeds, mask, past_key_values=cache, use_cache=True)
+                key_ok = mask.bool().clone()
+                key_ok[:, MODALITY_COLUMN] = False
+                next_pos = mask.long().sum(1, keepdim=True)  # modality is position 0, so count = next position
+            else:
+                out = self._run(embeds, mask, use_cache=False)
+            logits = self.llm.lm_head(out.last_hidden_state[:, -1])
+            for step in range(max_new_tokens):
+                new = torch.where(finished, torch.full_like(finished, PAD_ID, dtype=torch.long), pick(logits))
+                tokens[:, step] = new
+                finished |= new == eos
+                if bool(finished.all()) or step == max_new_tokens - 1:
+                    break
+                new_embeds = embed_tokens(new)[:, None]
+                if use_cache:
+                    key_ok = torch.cat([key_ok, torch.ones_like(key_ok[:, :1])], dim=1)
+                    bias = torch.zeros(B, 1, 1, key_ok.shape[1], dtype=embeds.dtype, device=embeds.device)
+                    bias = bias.masked_fill(~key_ok[:, None, None, :], torch.finfo(embeds.dtype).min)
+                    out = self.llm.model(inputs_embeds=new_embeds, attention_mask=bias, position_ids=next_pos,
+                                         past_key_values=cache, use_cache=True)
+                    next_pos = next_pos + 1
+                else:
+                    embeds = torch.cat([embeds, new_embeds], dim=1)
+                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                    out = self._run(embeds, mask, use_cache=False)
+                logits = self.llm.lm_head(out.last_hidden_state[:, -1])
+        texts = []
+        for row in tokens.tolist():
+            texts.append(self.tokenizer.decode(row[: row.index(eos)] if eos in row else row))
+        return texts
