@@ -3,6 +3,10 @@
 
     synthetic-scienceqa --out DIR   a generated ScienceQA in the official layout (+ tokenizer and tiny LLaMA under
                                     DIR/weights/ unless --no-tiny-llama)
+    synthetic-coco --out DIR        a generated COCO captions set (Karpathy json, COCO-format ground truth, JPEGs)
+                                    + DIR/tokenizer/tokenizer.model trained on its text
+    synthetic-vqav2 --out DIR       a generated VQAv2 set (official question/annotation files, JPEGs) + tokenizer
+    shards --dataset D --splits S --out DIR   webdataset tar shards of a dataset split (builders read either form)
 
 Errors a user can cause print one line and exit with status 2 (as tools/train.py does).
 """
@@ -78,9 +82,60 @@ def run_synthetic_scienceqa(args: argparse.Namespace) -> int:
     return 0
 
 
-# One entry per subcommand: its parser setup. More generators (synthetic-coco, synthetic-vqav2) and shard writers
-# (shards) are added here.
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_synthetic_scienceqa,)
+#: Words the Flamingo prompts add around the data's own text, so the generated tokenizer has pieces for them.
+FLAMINGO_PROMPT_TEXTS = ("Output:", "Question:", "Short answer:", "<image>", "<|endofchunk|>")
+
+
+def _flamingo_corpus(out: Path, coco: bool) -> list[str]:
+    import json
+
+    if coco:
+        karpathy = json.loads((out / "dataset_coco.json").read_text())
+        texts = [s["raw"] for image in karpathy["images"] for s in image["sentences"]]
+    else:
+        texts = []
+        for path in sorted(out.glob("*questions.json")):
+            texts += [q["question"] for q in json.loads(path.read_text())["questions"]]
+        for path in sorted(out.glob("*annotations.json")):
+            texts += [a["answer"] for ann in json.loads(path.read_text())["annotations"] for a in ann["answers"]]
+    return texts + list(FLAMINGO_PROMPT_TEXTS) * 20
+
+
+def add_synthetic_flamingo(sub: argparse._SubParsersAction) -> None:
+    from vlmkit.data.synthetic.coco_vqa import add_synthetic_arguments
+
+    for name, coco in (("synthetic-coco", True), ("synthetic-vqav2", False)):
+        p = sub.add_parser(name, help=f"generate a {'COCO captions' if coco else 'VQAv2'}-layout dataset + tokenizer")
+        add_synthetic_arguments(p, coco=coco)
+        p.add_argument("--vocab-size", type=int, default=512, help="size of the tokenizer trained on the generated text")
+        p.set_defaults(run=lambda a, coco=coco: run_synthetic_flamingo(a, coco))
+
+
+def run_synthetic_flamingo(args: argparse.Namespace, coco: bool) -> int:
+    from vlmkit.data.synthetic import train_sentencepiece
+    from vlmkit.data.synthetic.coco_vqa import synthetic_main
+
+    out = Path(args.out)
+    images = ("train2014", "val2014", "tokenizer")  # COCO image folders, named as the official download
+    owned = ("dataset_coco.json", "annotations") + images if coco else images
+    prepare_out_dir(out, args.force, owned + tuple(p.name for p in out.glob("v2_*.json")))
+    synthetic_main(args, coco=coco)
+    tokenizer = train_sentencepiece(_flamingo_corpus(out, coco), out / "tokenizer" / "tokenizer.model", args.vocab_size)
+    print(f"wrote tokenizer {tokenizer}")
+    return 0
+
+
+def add_shards(sub: argparse._SubParsersAction) -> None:
+    from vlmkit.data.shards import add_shards_arguments, prepare_shards_main
+
+    p = sub.add_parser("shards", help="write webdataset tar shards of a dataset split")
+    add_shards_arguments(p)
+    p.set_defaults(run=prepare_shards_main)
+
+
+# One entry per subcommand: its parser setup.
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    add_synthetic_scienceqa, add_synthetic_flamingo, add_shards)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
