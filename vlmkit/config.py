@@ -2,7 +2,8 @@
 
 A project YAML has three sections::
 
-    extends: ../lavin/sqa_7b.yaml      # optional: a base project this one changes (a path, or a list of paths)
+    extends: ../lavin/sqa_7b.yaml      # optional: a base project this one changes (a path, or a list of paths);
+                                       # `datasets: {name: null}` drops a dataset the base uses
     model:    {arch: lavin, ...}       # over configs/models/<arch>.yaml
     datasets: {scienceqa: {...}}       # each over configs/datasets/<name>.yaml
     run:      {task: scienceqa, ...}   # over configs/run.yaml
@@ -149,6 +150,8 @@ def load_config(path: str | Path, options: Sequence[str] = (), imports: Iterable
 
     datasets = OmegaConf.create({})
     for name, ds_given in (given.get("datasets") or {}).items():
+        if ds_given is None:  # `datasets: {name: null}` in a child project drops a dataset its parent uses
+            continue
         ds_defaults = defaults_for("datasets", name)
         if ds_defaults is None:
             from vlmkit.registry import DATASETS
