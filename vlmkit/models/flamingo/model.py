@@ -1,0 +1,267 @@
+"""OpenFlamingo (Awadalla et al. 2023; open-flamingo 2.0.1) as a vlmkit model.
+
+    images (B, T_img, 1, 3, H, W) ─ frozen CLIP ViT (patch tokens, pre-ln_post) ─ PerceiverResampler ─┐ media
+    text with <image> tags ─ LM embeddings ─ [GatedCrossAttention → frozen decoder layer] × N ─ logits ┘
+
+A gated cross-attention block sits before decoder layer i wherever (i + 1) % every_n_layers == 0. A text token attends
+to the visual tokens of the image whose ``<image>`` tag it follows (text_time = cumsum(input_ids == <image>)); text
+before the first image attends to nothing. Trainable: the Perceiver, the cross-attention blocks, the embedding rows of
+the added tokens (and LoRA adapters when enabled); everything else is frozen.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from vlmkit.errors import ConfigError
+from vlmkit.models.base import LoadReport, VLModel
+from vlmkit.models.flamingo import build
+from vlmkit.models.flamingo.checkpoint import load_openflamingo_checkpoint, load_openflamingo_state_dict
+from vlmkit.models.flamingo.collate import IGNORE_INDEX, FlamingoCollator
+from vlmkit.models.flamingo.modules import (FlamingoDecoderLayer, GatedCrossAttentionBlock, MediaContext,
+                                            PerceiverResampler, clip_patch_tokens, media_text_time)
+from vlmkit.registry import MODELS
+
+logger = logging.getLogger(__name__)
+
+# CLIP's normalisation (open_clip OPENAI_DATASET_MEAN/STD), which open-flamingo's image processor applies.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def resolve_config(cfg: Mapping[str, Any]) -> DictConfig:
+    """configs/models/openflamingo.yaml ⊕ ``cfg``, resolved (callers may give only the keys they change)."""
+    from vlmkit.config import defaults_for
+
+    given = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    merged = OmegaConf.merge(defaults_for("model", "openflamingo"), given)
+    OmegaConf.resolve(merged)
+    return merged
+
+
+@MODELS.register("openflamingo")
+class OpenFlamingo(VLModel):
+    """Frozen CLIP ViT + Perceiver resampler + frozen causal LM with gated cross-attention before every n-th layer."""
+
+    def __init__(self, vision_encoder: nn.Module, lang_encoder: nn.Module, tokenizer: Any,
+                 tokens: build.SpecialTokens, cfg: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.tokens = tokens
+        self.media_token_id, self.eoc_token_id, self.pad_token_id = tokens.media_id, tokens.eoc_id, tokens.pad_id
+        self.vision_encoder = vision_encoder
+        vis_dim = vision_encoder.conv1.out_channels  # the ViT's width (1024 for ViT-L/14)
+        p = cfg["perceiver"]
+        self.perceiver = PerceiverResampler(vis_dim, int(p["depth"]), int(p["heads"]), int(p["dim_head"]),
+                                            int(p["num_latents"]), int(p["ff_mult"]))
+        self.lang_encoder = lang_encoder
+        layers_path, layers = build.decoder_layers(lang_encoder, cfg["lm"].get("decoder_layers_attr"))
+        x = cfg["cross_attn"]
+        every = int(x["every_n_layers"])
+        if every < 1:
+            raise ConfigError(f"model.cross_attn.every_n_layers must be >= 1, got {every}")
+        lm_dim = lang_encoder.get_input_embeddings().embedding_dim
+        for i, layer in enumerate(layers):
+            block = (GatedCrossAttentionBlock(lm_dim, vis_dim, int(x["heads"]), int(x["dim_head"]), int(x["ff_mult"]),
+                                              bool(x["only_attend_immediate_media"])) if (i + 1) % every == 0 else None)
+            layers[i] = FlamingoDecoderLayer(layer, block)
+        self.layers_param_prefix = f"lang_encoder.{layers_path}"  # checkpoint interop: where the layers are named
+        self.embedding_param_prefix = next(f"lang_encoder.{n}" for n, m in lang_encoder.named_modules()
+                                           if m is lang_encoder.get_input_embeddings())
+        self.image_size = int(vision_encoder.image_size[0] if isinstance(vision_encoder.image_size, (tuple, list))
+                              else vision_encoder.image_size)
+        self.image_transform = clip_image_transform(self.image_size)
+        self.set_gradient_checkpointing(bool(cfg.get("gradient_checkpointing", False)))
+        self._set_trainable()
+
+    # ----------------------------------------------------------------------------------------------------------- build
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], device: torch.device | str | None = None) -> OpenFlamingo:
+        """Build from a ``model:`` config (missing keys take configs/models/openflamingo.yaml's values)."""
+        cfg = resolve_config(cfg)
+        device = torch.device(device or "cpu")
+        if cfg.dtype not in build.DTYPES:
+            raise ConfigError(f"model.dtype must be one of {', '.join(build.DTYPES)}, got {cfg.dtype!r}")
+        dtype = build.DTYPES[cfg.dtype]
+        generator = torch.Generator().manual_seed(int(cfg.init_seed))
+        with torch.random.fork_rng(devices=[]):  # every random init (Perceiver, blocks, tiny models) from init_seed
+            torch.manual_seed(int(cfg.init_seed))
+            tokenizer = build.load_tokenizer(cfg.lm.tokenizer or cfg.lm.path, cfg.lm.tokenizer_legacy)
+            tokens = build.add_flamingo_tokens(tokenizer)
+            lm = build.load_language_model(cfg.lm, tokens.base_vocab, dtype, device)
+            build.extend_vocabulary(lm, tokens, generator)
+            if cfg.lora.enabled:
+                build.apply_lora(lm, cfg.lora)
+            vision = build.build_vision_tower(cfg.vision, dtype)
+            model = cls(vision, lm, tokenizer, tokens, cfg)
+        model.place_on(device, lm_already_there=cfg.lm.quantization is not None)
+        if cfg.checkpoint:
+            report = load_openflamingo_checkpoint(model, cfg.checkpoint)
+            logger.info("loaded %d tensors from %s (%d frozen tensors not in the file)", len(report.loaded),
+                        cfg.checkpoint, len(report.frozen_absent))
+        return model
+
+    def place_on(self, device: torch.device, lm_already_there: bool = False) -> None:
+        """Move to ``device``; a quantized LM was loaded there already and must not be moved again."""
+        if not lm_already_there:
+            self.to(device)
+            return
+        blocks = [layer.gated_cross_attn_layer for layer in self.flamingo_layers() if layer.gated_cross_attn_layer]
+        for module in (self.vision_encoder, self.perceiver, self.lang_encoder.get_input_embeddings(), *blocks):
+            module.to(device)
+
+    def flamingo_layers(self) -> list[FlamingoDecoderLayer]:
+        return [m for m in self.lang_encoder.modules() if isinstance(m, FlamingoDecoderLayer)]
+
+    def _set_trainable(self) -> None:
+        self.requires_grad_(False)
+        self.perceiver.requires_grad_(True)
+        for layer in self.flamingo_layers():
+            if layer.gated_cross_attn_layer is not None:
+                layer.gated_cross_attn_layer.requires_grad_(True)
+        self.lang_encoder.get_input_embeddings().new_weight.requires_grad_(True)
+        for name, param in self.lang_encoder.named_parameters():
+            if ".lora_" in name:
+                param.requires_grad_(True)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute each (cross-attention + decoder) layer in backward instead of keeping its activations."""
+        for layer in self.flamingo_layers():
+            layer.gradient_checkpointing = enabled
+
+    def fsdp_wrap_classes(self) -> set[type[nn.Module]]:
+        """Module classes to wrap one FSDP unit each; every unit is then all-frozen or all-trainable."""
+        layer = self.flamingo_layers()[0]
+        return {type(layer.decoder_layer), GatedCrossAttentionBlock, PerceiverResampler,
+                type(self.vision_encoder.transformer.resblocks[0])}
+
+    def train(self, mode: bool = True) -> OpenFlamingo:
+        super().train(mode)
+        self.vision_encoder.eval()  # frozen; keeps patch dropout and the like off
+        return self
+
+    # ------------------------------------------------------------------------------------------------------ batches
+    def collator(self, train: bool) -> FlamingoCollator:
+        return FlamingoCollator(self.tokenizer, train=train, image_size=self.image_size)
+
+    def encode_images(self, images: torch.Tensor, image_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """images (B, T_img, 1, 3, H, W) → visual tokens (B, T_img, num_latents, d_visual); padded slots skip CLIP."""
+        b, t = images.shape[:2]
+        flat = images.flatten(0, 2)  # one frame per image
+        selected = image_mask.flatten().bool() if image_mask is not None else torch.ones(b * t, dtype=torch.bool,
+                                                                                          device=images.device)
+        width = self.vision_encoder.conv1.out_channels
+        patches = self.vision_encoder.positional_embedding.shape[0] - 1
+        features = torch.zeros(b * t, patches, width, dtype=self.perceiver.latents.dtype, device=images.device)
+        if selected.any():
+            with torch.no_grad():
+                features[selected] = clip_patch_tokens(self.vision_encoder, flat[selected]).to(features.dtype)
+        return self.perceiver(features.unflatten(0, (b, t)))
+
+    def _lm_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: torch.Tensor) -> torch.Tensor:
+        # Positions count real tokens only, so a left-padded prompt sees the positions it would see unpadded.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        context = MediaContext(media, media_text_time(input_ids, self.media_token_id))
+        out = self.lang_encoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False, media=context)
+        return out.logits
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{"logits"}``, plus ``"loss"`` (mean cross-entropy over labelled tokens) when the batch has labels."""
+        media = self.encode_images(batch["images"], batch.get("image_mask"))
+        logits = self._lm_forward(batch["input_ids"], batch["attention_mask"], media)
+        out = {"logits": logits}
+        if batch.get("labels") is not None:
+            out["loss"] = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+                                          ignore_index=IGNORE_INDEX)
+        return out
+
+    # --------------------------------------------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], max_new_tokens: int = 20, num_beams: int = 3, length_penalty: float = 0.0,
+                 temperature: float = 0.0, top_p: float = 1.0, do_sample: bool | None = None,
+                 **ignored: Any) -> list[str]:
+        """Continuations of the (left-padded) prompts, stopping at ``<|endofchunk|>``; special tokens removed.
+
+        Greedy/beam search by default; sampling when ``do_sample`` or (``do_sample`` None and) ``temperature > 0``,
+        only then are ``temperature`` and ``top_p`` used. Other keyword arguments are accepted and ignored.
+        """
+        new_tokens = self.generate_ids(batch, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                       length_penalty=length_penalty, temperature=temperature, top_p=top_p,
+                                       do_sample=do_sample)
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def generate_ids(self, batch: dict[str, Any], max_new_tokens: int = 20, num_beams: int = 3,
+                     length_penalty: float = 0.0, temperature: float = 0.0, top_p: float = 1.0,
+                     do_sample: bool | None = None) -> torch.Tensor:
+        """The generated token ids (B, ≤ max_new_tokens), prompt excluded, padded with the pad id after the end."""
+        from transformers import GenerationConfig
+
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        if (attention_mask[:, -1] == 0).any():
+            raise ValueError("generate needs left-padded prompts; build the batch with model.collator(train=False)")
+        sample = temperature > 0 if do_sample is None else do_sample
+        options: dict[str, Any] = {"temperature": float(temperature), "top_p": float(top_p)} if sample else {}
+        if num_beams > 1:
+            options["length_penalty"] = float(length_penalty)  # only beam search ranks by length
+        config = GenerationConfig(max_new_tokens=int(max_new_tokens), num_beams=int(num_beams), do_sample=bool(sample),
+                                  eos_token_id=self.eoc_token_id, pad_token_id=self.pad_token_id, use_cache=True,
+                                  **options)
+        media = self.encode_images(batch["images"], batch.get("image_mask")).repeat_interleave(int(num_beams), dim=0)
+        prompt_images = (input_ids == self.media_token_id).sum(-1).repeat_interleave(int(num_beams), dim=0)
+        supply = _MediaForGeneration(media, prompt_images, self.media_token_id)
+        handle = self.lang_encoder.register_forward_pre_hook(supply, with_kwargs=True)
+        try:
+            out = self.lang_encoder.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                             generation_config=config)
+        finally:
+            handle.remove()
+        return out[:, input_ids.shape[1]:]
+
+    # -------------------------------------------------------------------------------------------------- checkpoints
+    def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True) -> LoadReport:
+        """Load this model's own ``trainable_state_dict`` or any open-flamingo state dict (see checkpoint.py)."""
+        return load_openflamingo_state_dict(self, state, strict=strict)
+
+    def load_external_checkpoint(self, path: str) -> LoadReport:
+        """What the runner calls for a ``.pt`` that is not a vlmkit checkpoint: an OpenFlamingo ``checkpoint.pt``."""
+        return load_openflamingo_checkpoint(self, path)
+
+
+class _MediaForGeneration:
+    """Gives every forward call that Hugging Face ``generate`` makes the media of one ``generate_ids`` call.
+
+    Registered as a forward pre-hook for the duration of that call only. The prompt pass (empty KV cache) computes
+    text_time from its tokens; cached decoding steps see only their new token, which continues the text of the prompt's
+    last image, so text_time carries that image's number forward (open-flamingo v1 dropped it here).
+    """
+
+    def __init__(self, media: torch.Tensor, prompt_images: torch.Tensor, media_token_id: int) -> None:
+        self.media, self.prompt_images, self.media_token_id = media, prompt_images, media_token_id
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        input_ids = kwargs["input_ids"]
+        if input_ids.shape[0] != self.media.shape[0]:
+            raise RuntimeError(f"generate expanded the batch to {input_ids.shape[0]} rows, but the media to "
+                               f"{self.media.shape[0]}")
+        cache = kwargs.get("past_key_values")
+        if cache is None or cache.get_seq_length() == 0:
+            text_time = media_text_time(input_ids, self.media_token_id)
+        else:
+            text_time = self.prompt_images.unsqueeze(-1).expand_as(input_ids)
+        kwargs["media"] = MediaContext(self.media, text_time)
+        return args, kwargs
+
+
+def clip_image_transform(image_size: int) -> Any:
+    """open_clip's evaluation preprocessing: resize (bicubic) + center crop to ``image_size``, RGB, CLIP mean/std."""
+    from open_clip import image_transform
+
+    return image_transform(image_size, is_train=False, mean=CLIP_MEAN, std=CLIP_STD)

@@ -1,0 +1,233 @@
+"""OpenFlamingo's building blocks: the vision tap, Perceiver resampler, gated cross-attention, and the two wrappers that
+put them into a Hugging Face causal LM (a decoder-layer wrapper and an input embedding with trainable new-token rows).
+
+Parameter names follow open-flamingo's own (``perceiver.layers.{i}.0.to_q``, ``...gated_cross_attn_layer.ff_gate``,
+FeedForward = ``Sequential(LayerNorm, Linear, GELU, Linear)`` ⇒ indices 0/1/3), so released checkpoints map 1:1.
+
+Media reach the cross-attention through the forward call, never through state stored on a module: every call of a
+wrapped decoder layer receives a :class:`MediaContext` keyword argument (the visual tokens and, per text token, the
+number of the image it belongs to). That keeps the model re-entrant: KV-cached generation, beam search and activation
+checkpointing (which re-runs a layer during backward) see exactly the media of their own call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class MediaContext:
+    """What the gated cross-attention layers of one forward call attend to."""
+
+    media: torch.Tensor  # (B, T_img, n_latents, d_visual): Perceiver output for each image slot
+    text_time: torch.Tensor  # (B, L) long: 1-based index of the image each token belongs to; 0 = before any image
+
+
+def media_text_time(input_ids: torch.Tensor, media_token_id: int) -> torch.Tensor:
+    """text_time = cumsum(input_ids == <image>): the image a token follows (its own <image> tag included)."""
+    return (input_ids == media_token_id).long().cumsum(dim=-1)
+
+
+def clip_patch_tokens(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Patch tokens of an open_clip ``VisionTransformer`` after its last block, BEFORE ``ln_post``, CLS dropped.
+
+    open_clip 2.16 (what the released OpenFlamingo weights were trained with) returned these; 3.x applies ``ln_post``
+    first. The blocks are run here from the tower's sub-modules so the result is the same with any open_clip version.
+    """
+    x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (N, width, grid, grid)
+    x = x.flatten(2).transpose(1, 2)  # (N, grid*grid, width)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    x = visual.patch_dropout(x)
+    x = visual.ln_pre(x)
+    # open_clip < 2.24 runs its blocks sequence-first; newer versions batch-first (Transformer.batch_first).
+    batch_first = getattr(visual.transformer, "batch_first", False)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for block in visual.transformer.resblocks:
+        x = block(x)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    return x[:, 1:]
+
+
+def feed_forward(dim: int, mult: int) -> nn.Sequential:
+    """Pre-norm MLP without biases (open-flamingo's FeedForward: indices 0 norm, 1 in, 3 out)."""
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * mult, bias=False), nn.GELU(),
+                         nn.Linear(dim * mult, dim, bias=False))
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(..., n, heads*d) → (..., heads, n, d)."""
+    return x.unflatten(-1, (heads, -1)).transpose(-3, -2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(..., heads, n, d) → (..., n, heads*d)."""
+    return x.transpose(-3, -2).flatten(-2)
+
+
+class PerceiverAttention(nn.Module):
+    """Latents attend to [image features; latents] (keys/values from both, queries from the latents)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int) -> None:
+        super().__init__()
+        self.heads = heads
+        inner = heads * dim_head
+        self.norm_media = nn.LayerNorm(dim)
+        self.norm_latents = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, media: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """media (N, v, D), latents (N, n, D) → (N, n, D)."""
+        media, latents = self.norm_media(media), self.norm_latents(latents)
+        q = _split_heads(self.to_q(latents), self.heads)
+        k, v = self.to_kv(torch.cat([media, latents], dim=-2)).chunk(2, dim=-1)
+        out = F.scaled_dot_product_attention(q, _split_heads(k, self.heads), _split_heads(v, self.heads))
+        return self.to_out(_merge_heads(out))
+
+
+class PerceiverResampler(nn.Module):
+    """Maps the patch tokens of each image to ``num_latents`` visual tokens."""
+
+    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, num_latents: int, ff_mult: int) -> None:
+        super().__init__()
+        self.latents = nn.Parameter(torch.randn(num_latents, dim))
+        self.layers = nn.ModuleList(
+            nn.ModuleList([PerceiverAttention(dim, heads, dim_head), feed_forward(dim, ff_mult)]) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features (B, T_img, v, D) → (B, T_img, num_latents, D)."""
+        b, t = features.shape[:2]
+        x = features.flatten(0, 1)
+        latents = self.latents.to(x.dtype).expand(x.shape[0], -1, -1)
+        for attn, ff in self.layers:
+            latents = attn(x, latents) + latents
+            latents = ff(latents) + latents
+        return self.norm(latents).unflatten(0, (b, t))
+
+
+class MaskedCrossAttention(nn.Module):
+    """Text tokens attend to the visual tokens of the image they belong to (or of all earlier images)."""
+
+    def __init__(self, dim: int, dim_visual: int, heads: int, dim_head: int, only_attend_immediate_media: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.only_attend_immediate_media = only_attend_immediate_media
+        inner = heads * dim_head
+        self.norm = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim_visual, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), media (B, T_img, n, Dv), text_time (B, L) → (B, L, D)."""
+        n_images, n_latents = media.shape[1:3]
+        if n_images == 0:  # a text-only batch: nothing to attend to
+            return torch.zeros_like(x)
+        q = _split_heads(self.to_q(self.norm(x)), self.heads)
+        k, v = self.to_kv(media.flatten(1, 2)).chunk(2, dim=-1)
+        media_time = torch.arange(1, n_images + 1, device=x.device).repeat_interleave(n_latents)  # (T_img*n,)
+        if self.only_attend_immediate_media:
+            allowed = text_time.unsqueeze(-1) == media_time  # (B, L, T_img*n)
+        else:
+            allowed = text_time.unsqueeze(-1) >= media_time
+        # A token with no image to attend to (text before the first image) gets a zero output. Attention over an
+        # all-masked row is NaN, so such rows attend everywhere and are zeroed afterwards. (open-flamingo zeroes them
+        # only in the "immediate" mode; in the other it lets them attend to every image, including later ones.)
+        has_media = allowed.any(dim=-1)  # (B, L)
+        mask = (allowed | ~has_media.unsqueeze(-1)).unsqueeze(1)  # (B, 1, L, T_img*n), broadcast over heads
+        k, v = _split_heads(k, self.heads), _split_heads(v, self.heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out * has_media[:, None, :, None].to(out.dtype)
+        return self.to_out(_merge_heads(out))
+
+
+class GatedCrossAttentionBlock(nn.Module):
+    """``x + tanh(attn_gate)·xattn(x)``, then ``x + tanh(ff_gate)·ff(x)``; gates start at 0 (LM unchanged)."""
+
+    def __init__(self, dim: int, dim_visual: int, heads: int, dim_head: int, ff_mult: int,
+                 only_attend_immediate_media: bool) -> None:
+        super().__init__()
+        self.attn = MaskedCrossAttention(dim, dim_visual, heads, dim_head, only_attend_immediate_media)
+        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.ff = feed_forward(dim, ff_mult)
+        self.ff_gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor) -> torch.Tensor:
+        # The block keeps its own (fp32) dtype when the frozen LM runs in half precision.
+        dtype = self.attn_gate.dtype
+        h = x.to(dtype)
+        h = self.attn(h, media.to(dtype), text_time) * self.attn_gate.tanh() + h
+        h = self.ff(h) * self.ff_gate.tanh() + h
+        return h.to(x.dtype)
+
+
+class FlamingoDecoderLayer(nn.Module):
+    """A decoder layer of the LM, preceded by a gated cross-attention block (or by nothing).
+
+    Replaces the LM's layer in its layer list; it takes the media of the call as the ``media`` keyword argument, which
+    Hugging Face models pass through from their forward to every layer, and forwards everything else untouched.
+    """
+
+    def __init__(self, decoder_layer: nn.Module, gated_cross_attn_layer: GatedCrossAttentionBlock | None) -> None:
+        super().__init__()
+        self.gated_cross_attn_layer = gated_cross_attn_layer
+        self.decoder_layer = decoder_layer
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states: torch.Tensor, *args: object, media: MediaContext | None = None,
+                **kwargs: object) -> object:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # Non-reentrant checkpointing: keyword arguments (and the frozen-LM case without input grads) work.
+            return checkpoint(self._forward, hidden_states, *args, media=media, use_reentrant=False, **kwargs)
+        return self._forward(hidden_states, *args, media=media, **kwargs)
+
+    def _forward(self, hidden_states: torch.Tensor, *args: object, media: MediaContext | None = None,
+                 **kwargs: object) -> object:
+        if self.gated_cross_attn_layer is not None:
+            if media is None:
+                raise ValueError("an OpenFlamingo language model was called without media; call the OpenFlamingo "
+                                 "model (forward/generate), not its lang_encoder directly")
+            hidden_states = self.gated_cross_attn_layer(hidden_states, media.media, media.text_time)
+        return self.decoder_layer(hidden_states, *args, **kwargs)
+
+
+class EmbeddingWithNewTokens(nn.Module):
+    """The LM's input embedding (frozen) plus separate rows for the tokens OpenFlamingo adds (trainable).
+
+    Keeping the new rows in their own small parameter means only they get gradients, optimizer state and weight decay;
+    the frozen rows stay bit-identical. Token id ``>= weight.shape[0]`` selects row ``id - weight.shape[0]`` of
+    ``new_weight``. Checkpoint interop joins the two into open-flamingo's single ``embed_tokens.weight``.
+    """
+
+    def __init__(self, weight: torch.Tensor, new_weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.new_weight = nn.Parameter(new_weight)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.weight.shape[0] + self.new_weight.shape[0]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.weight.shape[1]
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        n_base = self.weight.shape[0]
+        is_new = (input_ids >= n_base).unsqueeze(-1)
+        base = F.embedding(input_ids.clamp(max=n_base - 1), self.weight)
+        new = F.embedding((input_ids - n_base).clamp(min=0), self.new_weight).to(base.dtype)
+        return torch.where(is_new, new, base)
+
+    def full_weight(self) -> torch.Tensor:
+        """The (vocab + new, dim) matrix in open-flamingo's layout."""
+        return torch.cat([self.weight.to(self.new_weight.dtype), self.new_weight], dim=0)
