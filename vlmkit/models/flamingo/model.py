@@ -45,6 +45,10 @@ def resolve_config(cfg: Mapping[str, Any]) -> DictConfig:
     return merged
 
 
+#: Parts of open_clip's ViT after the tapped patch tokens (final norm and projection): never part of the forward.
+UNUSED_VISION_PARAMS = ("ln_post", "proj")
+
+
 @MODELS.register("openflamingo")
 class OpenFlamingo(VLModel):
     """Frozen CLIP ViT + Perceiver resampler + frozen causal LM with gated cross-attention before every n-th layer."""
@@ -78,7 +82,7 @@ class OpenFlamingo(VLModel):
                               else vision_encoder.image_size)
         self.image_transform = clip_image_transform(self.image_size)
         self.set_gradient_checkpointing(bool(cfg.get("gradient_checkpointing", False)))
-        self._set_trainable()
+        self._set_trainable(train_backbone=bool(cfg.get("train_backbone", False)))
 
     # ----------------------------------------------------------------------------------------------------------- build
     @classmethod
@@ -119,7 +123,15 @@ class OpenFlamingo(VLModel):
     def flamingo_layers(self) -> list[FlamingoDecoderLayer]:
         return [m for m in self.lang_encoder.modules() if isinstance(m, FlamingoDecoderLayer)]
 
-    def _set_trainable(self) -> None:
+    def _set_trainable(self, train_backbone: bool = False) -> None:
+        if train_backbone:  # tiny random backbones (quickstarts) know nothing: everything learns
+            self.requires_grad_(True)
+            for name in UNUSED_VISION_PARAMS:  # features are tapped before them; DDP needs every trainable used
+                part = getattr(self.vision_encoder, name, None)
+                params = part.parameters() if isinstance(part, nn.Module) else [part] if part is not None else []
+                for param in params:
+                    param.requires_grad_(False)
+            return
         self.requires_grad_(False)
         self.perceiver.requires_grad_(True)
         for layer in self.flamingo_layers():
@@ -160,7 +172,8 @@ class OpenFlamingo(VLModel):
         patches = self.vision_encoder.positional_embedding.shape[0] - 1
         features = torch.zeros(b * t, patches, width, dtype=self.perceiver.latents.dtype, device=images.device)
         if selected.any():
-            with torch.no_grad():
+            vision_learns = torch.is_grad_enabled() and self.vision_encoder.conv1.weight.requires_grad
+            with torch.set_grad_enabled(vision_learns):  # frozen CLIP (the usual case): keep no activations
                 features[selected] = clip_patch_tokens(self.vision_encoder, flat[selected]).to(features.dtype)
         return self.perceiver(features.unflatten(0, (b, t)))
 
