@@ -21,3 +21,14 @@ def test_evaluate_same_for_any_rank_count(quickstart_run, ranks, tmp_path):
     reference = json.loads((quickstart_run["out"] / "predictions/scienceqa_test.json").read_text())
     assert preds["results"] == reference["results"]
     assert metrics["Average"] == json.loads((quickstart_run["out"] / "metrics.json").read_text())["test"]["Average"]
+
+
+def test_lavin_trains_under_torchrun_two_ranks(quickstart_run, tmp_path):
+    out = tmp_path / "ddp"
+    res = run_tool([str(REPO / "tools/train.py"), "--cfg-path", str(REPO / "projects/quickstart/lavin_sqa_tiny.yaml"),
+                    "--options", f"run.output_dir={out}", "run.epochs=1"], env=quickstart_run["env"], torchrun=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "model.safetensors").is_file() and (out / "checkpoints/last.pt").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())["test"]
+    assert len(json.loads((out / "predictions/scienceqa_test.json").read_text())["results"]) == 200
+    assert metrics["Average"] > 45  # one epoch already beats chance (about 40)
