@@ -1,7 +1,6 @@
 """Shared fixtures: a sentencepiece tokenizer trained in-process (LLaMA's id layout: unk 0, bos 1, eos 2, no pad)."""
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 
@@ -16,21 +15,14 @@ CORPUS_WORDS = (
 
 
 def train_tokenizer(path: Path, vocab_size: int = 512, seed: int = 0) -> Path:
-    """Train a small BPE sentencepiece model with LLaMA's special-token ids and write it to ``path``."""
-    import sentencepiece as spm
+    """Train a small BPE sentencepiece model (vlmkit's own trainer, LLaMA's ids) on a fixed corpus; write it to ``path``."""
+    from vlmkit.data.synthetic import train_sentencepiece
 
     rng = random.Random(seed)
     sentences = [" ".join(rng.choice(CORPUS_WORDS) for _ in range(12)) + " (A) (B) 0 1 2 3 4 5 6 7 8 9 . , : ? \\n"
                  for _ in range(2000)]
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, character_coverage=1.0,
-        num_threads=1, minloglevel=2, normalization_rule_name="identity", remove_extra_whitespaces=False,
-    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.getvalue())
-    return path
+    return train_sentencepiece(sentences, path, vocab_size)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 """SIGKILL + --resume on the real LaVIN quickstart model gives bit-identical final weights (CPU, fp32)."""
+import os
 import signal
 import subprocess
 import sys
@@ -18,8 +19,6 @@ def test_lavin_resume_after_sigkill_is_bit_identical(quickstart_run, tmp_path):
     res = run_tool([str(REPO / "tools/train.py"), "--cfg-path", project, "--options", f"run.output_dir={full}",
                     *OPTIONS], env=quickstart_run["env"])
     assert res.returncode == 0, res.stderr[-3000:]
-
-    import os
 
     env = {**os.environ, **quickstart_run["env"], "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, str(REPO / "tools/train.py"), "--cfg-path", project, "--options",

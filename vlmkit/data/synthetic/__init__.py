@@ -15,7 +15,7 @@ from vlmkit.data.synthetic.scienceqa import scienceqa_corpus, write_synthetic_sc
 from vlmkit.data.synthetic.tokenizer import train_sentencepiece
 
 #: A LLaMA small enough to fine-tune on a CPU in minutes; vocab_size -1 = the tokenizer's size (Meta's convention).
-TINY_LLAMA_PARAMS: Mapping[str, Any] = {
+QUICKSTART_LLAMA_PARAMS: Mapping[str, Any] = {
     "dim": 128, "n_layers": 4, "n_heads": 4, "multiple_of": 32, "norm_eps": 1e-6, "vocab_size": -1}
 TINY_LLAMA_SIZE = "tiny"
 #: Fixed words that models add around prompts (LaVIN's image slot), so the tokenizer has pieces for them.
@@ -23,7 +23,7 @@ MODEL_TEXTS = ("Image: N/A", "Image:")
 
 
 def write_tiny_llama(weights_root: Path, texts: Iterable[str], seed: int = 0, vocab_size: int = 512,
-                     params: Mapping[str, Any] = TINY_LLAMA_PARAMS, size_name: str = TINY_LLAMA_SIZE) -> Path:
+                     params: Mapping[str, Any] = QUICKSTART_LLAMA_PARAMS, size_name: str = TINY_LLAMA_SIZE) -> Path:
     """Train a tokenizer on ``texts`` and write ``<weights_root>/tokenizer.model`` plus a random LLaMA under
     ``<weights_root>/<size_name>/`` (params.json, consolidated.00.pth). Returns ``weights_root``."""
     from vlmkit.models.tiny import write_meta_checkpoint
@@ -36,4 +36,4 @@ def write_tiny_llama(weights_root: Path, texts: Iterable[str], seed: int = 0, vo
 
 
 __all__ = ["write_synthetic_scienceqa", "scienceqa_corpus", "train_sentencepiece", "write_tiny_llama",
-           "TINY_LLAMA_PARAMS", "TINY_LLAMA_SIZE"]
+           "QUICKSTART_LLAMA_PARAMS", "TINY_LLAMA_SIZE"]
