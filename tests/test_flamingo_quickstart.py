@@ -47,16 +47,18 @@ def test_finetuning_beats_untrained_model(trained):
 
 
 def test_two_rank_evaluation_matches_one_rank(trained):
+    """Also sharded (FSDP): the ranks' generations end at different steps, and every step is a collective."""
     outs = {}
-    for ranks in (1, 2):
-        out = trained["root"] / f"eval_{ranks}"
+    for ranks, strategy in ((1, "ddp"), (2, "ddp"), (2, "fsdp")):
+        out = trained["root"] / f"eval_{ranks}_{strategy}"
         res = run_tool([str(REPO / "tools/evaluate.py"), "--cfg-path", str(REPO / trained["project"]),
                         "--checkpoint", str(trained["run"] / "model.safetensors"), "--split", trained["split"],
-                        "--options", f"run.output_dir={out}"], env=trained["env"], torchrun=ranks)
+                        "--options", f"run.output_dir={out}", f"run.strategy={strategy}"], env=trained["env"],
+                       torchrun=ranks)
         assert res.returncode == 0, res.stderr[-3000:]
-        outs[ranks] = json.loads((out / "predictions" / trained["predictions"]).read_text())
-    assert outs[1] == outs[2]
-    assert outs[1] == json.loads((trained["run"] / "predictions" / trained["predictions"]).read_text())
+        outs[ranks, strategy] = json.loads((out / "predictions" / trained["predictions"]).read_text())
+    assert outs[1, "ddp"] == outs[2, "ddp"] == outs[2, "fsdp"]
+    assert outs[1, "ddp"] == json.loads((trained["run"] / "predictions" / trained["predictions"]).read_text())
 
 
 def test_two_rank_training(trained):

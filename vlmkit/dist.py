@@ -78,6 +78,17 @@ def all_reduce_mean(value: float) -> float:
     return float(t.item()) / world_size()
 
 
+def all_ranks(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on every rank (a collective; ``flag`` itself without a process group)."""
+    if not is_dist():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    if tdist.get_backend() == "nccl":
+        t = t.cuda()
+    tdist.all_reduce(t, op=tdist.ReduceOp.MIN)
+    return bool(t.item())
+
+
 def cleanup() -> None:
     if is_dist():
         tdist.destroy_process_group()

@@ -11,7 +11,7 @@ import logging
 import math
 import random
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from vlmkit import dist
 from vlmkit.config import save_config, to_dict
 from vlmkit.engine.checkpoint import (is_vlmkit_state, load_state, load_weights, peek_arch, save_state,
                                       save_weights)
+from vlmkit.engine.fsdp import STRATEGIES, check_fsdp_supported, full_tensors, is_sharded, load_trainable, shard_model
 from vlmkit.engine.hooks import CheckpointHook, EvalHook, LoggingHook, LRHook, MetricsFiles
 from vlmkit.engine.optim import build_optimizer, effective_batch_size, resolve_lr
 from vlmkit.engine.schedulers import build_scheduler
@@ -88,17 +89,35 @@ def check_datasets(datasets: Mapping[str, Mapping[str, Dataset]]) -> None:
                                 f"(its root/annotation files) or remove '{split}' from the run's splits")
 
 
-def wrap_model(model: nn.Module, run: Mapping[str, Any], device: torch.device) -> nn.Module:
-    """DDP across ranks (a single process trains the model itself)."""
+def check_strategy(run: Mapping[str, Any]) -> str:
     strategy = run.get("strategy", "ddp")
-    if strategy != "ddp":
-        raise ConfigError(f"run.strategy '{strategy}' is not supported; use 'ddp'")
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"run.strategy '{strategy}' is not one of: {', '.join(STRATEGIES)}")
+    return str(strategy)
+
+
+def wrap_model(model: nn.Module, run: Mapping[str, Any], device: torch.device) -> nn.Module:
+    """DDP or FSDP across ranks (a single process trains the model itself). FSDP shards ``model`` in place and returns
+    it; DDP returns a wrapper around it."""
+    strategy = check_strategy(run)
+    if strategy == "fsdp":
+        check_fsdp_supported(model, run)  # also on one process: the run must not fail only once it gets more GPUs
     if dist.world_size() == 1:
         return model
+    if strategy == "fsdp":
+        return shard_model(model, run, device)
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=bool(run.get("find_unused_parameters", False)))
+
+
+def save_weights_from_all_ranks(model: Any, path: Path, arch: str) -> None:
+    """Write the trainable weights (``.safetensors``) from rank 0; every rank calls it (FSDP gathers the shards)."""
+    weights = full_tensors(model.trainable_state_dict())
+    if dist.is_main():
+        save_weights(weights, path, {"arch": arch})
+    dist.barrier()
 
 
 def load_checkpoint_into(model: Any, path: str | Path, arch: str) -> None:
@@ -178,8 +197,11 @@ def evaluate_splits(model: Any, task: Task, datasets: Mapping[str, Mapping[str, 
             key = metric_key(name, split, len(datasets))
             evaluator = task.build_evaluator(name, split, ds)
             loader = build_loader(ds, model, run, train=False)
+            gen_kwargs = task.generation_kwargs()
+            if is_sharded(model):  # every generation step is a collective: ranks that finished keep stepping
+                gen_kwargs["synced_gpus"] = True
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                result = run_evaluation(model, _on_device(loader, device), evaluator, task.generation_kwargs(),
+                result = run_evaluation(model, _on_device(loader, device), evaluator, gen_kwargs,
                                         out / "predictions" / f"{name}_{split}.json", desc=f"eval {key}")
             results[key] = result
             metrics.append({"split": key, "dataset": name, "epoch": epoch, "step": step, **result})
@@ -250,6 +272,7 @@ def apply_effective_batch(run: DictConfig, world_size: int) -> None:
 
 def _train(cfg: DictConfig, resume: bool, device: torch.device) -> dict[str, dict[str, Any]]:
     run = cfg.run
+    check_strategy(run)
     apply_effective_batch(run, dist.world_size())
     out = Path(run.output_dir)
     last_path, best_path = out / LAST_CHECKPOINT, out / BEST_WEIGHTS
@@ -300,15 +323,14 @@ def _train(cfg: DictConfig, resume: bool, device: torch.device) -> dict[str, dic
         return _main_score(task, results)
 
     def save_best() -> None:
-        if dist.is_main():
-            save_weights(model.trainable_state_dict(), best_path, {"arch": cfg.model.arch})
-        dist.barrier()
+        save_weights_from_all_ranks(model, best_path, cfg.model.arch)
 
     def save_last() -> None:
-        trainer_state = trainer.state_dict()  # collective (gathers every rank's RNG state)
+        # Collectives: the trainer gathers every rank's RNG state (and FSDP optimizer shards), full_tensors the weights.
+        trainer_state = trainer.state_dict()
+        weights = full_tensors(model.trainable_state_dict())
         if dist.is_main():
-            save_state({"arch": cfg.model.arch, "config": to_dict(cfg), "model": model.trainable_state_dict(),
-                        **trainer_state}, last_path)
+            save_state({"arch": cfg.model.arch, "config": to_dict(cfg), "model": weights, **trainer_state}, last_path)
         dist.barrier()
 
     logging_hook = LoggingHook(metrics, int(run.log_every), total_steps,
@@ -340,39 +362,43 @@ def _train(cfg: DictConfig, resume: bool, device: torch.device) -> dict[str, dic
 
         trainer.train()
 
-        if dist.is_main():
-            save_weights(model.trainable_state_dict(), out / FINAL_WEIGHTS, {"arch": cfg.model.arch})
-            logger.info("trained weights: %s (%d skipped steps)", out / FINAL_WEIGHTS, trainer.skipped_steps)
-        dist.barrier()
+        save_weights_from_all_ranks(model, out / FINAL_WEIGHTS, cfg.model.arch)
+        logger.info("trained weights: %s (%d skipped steps)", out / FINAL_WEIGHTS, trainer.skipped_steps)
         test_splits = list(run.test_splits)
         if not test_splits:
             return {}
         if eval_hook.evaluated and best_path.is_file():
-            model.load_trainable_state_dict(load_weights(best_path))
+            load_trainable(model, load_weights(best_path))
             logger.info("testing the best validation weights (epoch %s)", eval_hook.best_epoch)
         results = evaluate_splits(model, task, datasets, test_splits, run, device, metrics, trainer.epoch, trainer.step)
         print_tables(task, results)
         return results
 
 
-def evaluate(cfg: DictConfig, checkpoint: str | None = None, splits: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Evaluate ``splits`` (default ``run.test_splits``) with optional trained weights; return metrics by split."""
+def evaluate(cfg: DictConfig, checkpoint: str | None = None, splits: list[str] | None = None,
+             evaluate_fn: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Evaluate ``splits`` (default ``run.test_splits``) with optional trained weights; return metrics by split.
+
+    ``evaluate_fn(cfg, task, model, datasets, splits, device)`` replaces the single evaluation once everything is built
+    and checked (the few-shot sweep of :mod:`vlmkit.engine.sweep` evaluates many dataset settings with one model).
+    """
     device = dist.init(cfg.run.device)
     try:
         with run_logging():
-            return _evaluate(cfg, checkpoint, splits, device)
+            return _evaluate(cfg, checkpoint, splits, device, evaluate_fn)
     finally:
         dist.cleanup()
 
 
-def _evaluate(cfg: DictConfig, checkpoint: str | None, splits: list[str] | None,
-              device: torch.device) -> dict[str, dict[str, Any]]:
+def _evaluate(cfg: DictConfig, checkpoint: str | None, splits: list[str] | None, device: torch.device,
+              evaluate_fn: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
     cfg = copy.deepcopy(cfg)
     splits = list(splits) if splits else list(cfg.run.test_splits)
     if not splits:
         raise ConfigError("nothing to evaluate: run.test_splits is empty and no --split was given")
     # The task builds only what this run uses: the evaluated splits.
     cfg.run.train_splits, cfg.run.val_splits, cfg.run.test_splits = [], [], splits
+    check_strategy(cfg.run)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise missing_file(checkpoint, "checkpoint", "pass --checkpoint <output_dir>/model.safetensors of a finished run")
     seed_everything(int(cfg.run.seed))
@@ -382,12 +408,16 @@ def _evaluate(cfg: DictConfig, checkpoint: str | None, splits: list[str] | None,
         load_checkpoint_into(model, checkpoint, cfg.model.arch)
     datasets = task.build_datasets(model)
     check_datasets(datasets)
+    if check_strategy(cfg.run) == "fsdp":
+        model = wrap_model(model, cfg.run, device)  # a model too big for one device is evaluated sharded too
     found = {s for by_split in datasets.values() for s in by_split}
     missing = [s for s in splits if s not in found]
     if missing:
         raise DataError(f"no dataset of this config has the split(s) {', '.join(missing)} (available: {', '.join(sorted(found))})")
     out = Path(cfg.run.output_dir)
     with run_logging(out / "log.txt"):
+        if evaluate_fn is not None:
+            return evaluate_fn(cfg, task, model, datasets, splits, device)
         results = evaluate_splits(model, task, datasets, splits, cfg.run, device, MetricsFiles(out), None, None)
         print_tables(task, results)
     return results

@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from vlmkit import dist
 from vlmkit.engine.checkpoint import rng_state, set_rng_state
+from vlmkit.engine.fsdp import is_sharded, load_optimizer_state_dict, no_gradient_sync, optimizer_state_dict, to_float
 from vlmkit.engine.schedulers import StepScheduler
-from vlmkit.errors import CheckpointError, VlmkitError
+from vlmkit.errors import VlmkitError
 
 logger = logging.getLogger("vlmkit")
 
@@ -120,7 +121,8 @@ class TrainerBase:
 
 
 class Trainer(TrainerBase):
-    """Gradient accumulation, autocast (bf16/fp16 + grad scaler), clipping, non-finite-loss skipping, DDP no_sync."""
+    """Gradient accumulation, autocast (bf16/fp16 + grad scaler), clipping, non-finite-loss skipping, no gradient
+    sync inside an accumulation group (DDP and FSDP)."""
 
     def __init__(self, model: nn.Module, module: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                  scheduler: StepScheduler, run: Mapping[str, Any], device: torch.device) -> None:
@@ -139,7 +141,13 @@ class Trainer(TrainerBase):
         if amp not in (None, *AMP_DTYPES):
             raise VlmkitError(f"run.amp '{amp}' is not one of: null, {', '.join(AMP_DTYPES)}")
         self.amp_dtype = AMP_DTYPES.get(amp) if amp else None
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        if amp == "fp16" and is_sharded(model):
+            # Agrees across ranks on whether any gradient shard overflowed, so every rank skips the same steps.
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            self.scaler: torch.amp.GradScaler = ShardedGradScaler(device.type)
+        else:
+            self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         self.trainable = [p for p in module.parameters() if p.requires_grad]
         self.skipped_steps = 0
         # What the last optimizer step did, read by the logging hook.
@@ -187,7 +195,7 @@ class Trainer(TrainerBase):
         """Forward and backward of one micro-batch; gradients accumulate until the group's boundary."""
         batch = move_to_device(batch, self.device)
         boundary = (i + 1) % self.accum_iter == 0 or i + 1 == len(self.loader)
-        sync = contextlib.nullcontext() if boundary or not hasattr(self.model, "no_sync") else self.model.no_sync()
+        sync = contextlib.nullcontext() if boundary else no_gradient_sync(self.model)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
         with sync:
             with autocast:
@@ -243,11 +251,10 @@ class Trainer(TrainerBase):
         grads = [p.grad for p in self.trainable if p.grad is not None]
         if not grads:
             return 0.0
-        if self.grad_clip is not None and hasattr(self.model, "clip_grad_norm_"):  # FSDP: norm over shards
-            return float(self.model.clip_grad_norm_(float(self.grad_clip)))
+        # Under FSDP the gradients are shards (DTensors): the norm is computed over all of them, across ranks.
         if self.grad_clip is not None:
-            return float(torch.nn.utils.clip_grad_norm_(self.trainable, float(self.grad_clip)))
-        return float(torch.nn.utils.get_total_norm(grads))
+            return to_float(torch.nn.utils.clip_grad_norm_(self.trainable, float(self.grad_clip)))
+        return to_float(torch.nn.utils.get_total_norm(grads))
 
     # --- state
     def state_dict(self) -> dict[str, Any]:
@@ -256,7 +263,7 @@ class Trainer(TrainerBase):
         return {
             "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "step": self.step,
             "skipped_steps": self.skipped_steps, "world_size": dist.world_size(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "optimizer": optimizer_state_dict(self.model, self.optimizer), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rngs,
             "hooks": {type(h).__name__: h.state_dict() for h in self.hooks},
         }
@@ -269,10 +276,7 @@ class Trainer(TrainerBase):
         if self.iter_in_epoch >= self.batches_per_epoch():
             self.epoch, self.iter_in_epoch = self.epoch + 1, 0
         self.skipped_steps = int(state["skipped_steps"])
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"the checkpoint's optimizer state does not match this run's optimizer: {e}") from e
+        load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

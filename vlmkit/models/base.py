@@ -56,7 +56,10 @@ class VLModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], **gen_kwargs: Any) -> list[str]:
-        """Decoded continuations, one per sample, in batch order (prompt not included)."""
+        """Decoded continuations, one per sample, in batch order (prompt not included).
+
+        Under ``run.strategy: fsdp`` the runner passes ``synced_gpus=True``: every decoding step is then a collective, so
+        a model must keep stepping until every rank has finished (Hugging Face ``generate`` does this itself)."""
         raise NotImplementedError
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmkit import dist
 from vlmkit.errors import ConfigError, DataError
 from vlmkit.models.adapters import AdapterMLP, MMAdapter, dropout_schedule
 from vlmkit.models.base import VLModel
@@ -254,6 +255,11 @@ class LaVIN(VLModel):
             for p in module.parameters():
                 p.requires_grad_(True)
 
+    def fsdp_wrap_classes(self) -> set[type[nn.Module]]:
+        """FSDP units: the LLaMA decoder layers (with their adapters). The CLIP tower stays in the root unit: its blocks
+        are run piecewise (to tap them), never through their own forward."""
+        return {type(self.llm.model.layers[0])}
+
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each decoder layer in backward (non-reentrant: the frozen layers' inputs need no grad flag)."""
         kwargs = {"use_reentrant": False}
@@ -322,11 +328,12 @@ class LaVIN(VLModel):
 
     @torch.no_grad()
     def generate(self, batch: Mapping[str, Any], max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-                 num_beams: int = 1, use_cache: bool = True, **ignored: Any) -> list[str]:
+                 num_beams: int = 1, use_cache: bool = True, synced_gpus: bool = False, **ignored: Any) -> list[str]:
         """Decoded continuations (prompt excluded, cut at EOS). ``temperature`` 0: greedy (deterministic); otherwise
         softmax(logits / temperature) with nucleus ``top_p``. ``use_cache`` False recomputes the whole sequence each
-        step (a check of the KV-cache path). Other keyword arguments (e.g. ``length_penalty``) do not apply and are
-        ignored."""
+        step (a check of the KV-cache path). ``synced_gpus`` (set by the runner under FSDP): stop only when every rank's
+        batch has finished, since each step all-gathers sharded weights. Other keyword arguments (e.g.
+        ``length_penalty``) do not apply and are ignored."""
         if num_beams != 1:
             raise ConfigError(f"LaVIN generates with num_beams=1 only (got {num_beams}); set run.generate.num_beams: 1")
         embeds = self.input_embeddings(batch)
@@ -361,7 +368,10 @@ class LaVIN(VLModel):
                 new = torch.where(finished, torch.full_like(finished, PAD_ID, dtype=torch.long), pick(logits))
                 tokens[:, step] = new
                 finished |= new == eos
-                if bool(finished.all()) or step == max_new_tokens - 1:
+                done = bool(finished.all())
+                if synced_gpus:
+                    done = dist.all_ranks(done)
+                if done or step == max_new_tokens - 1:
                     break
                 new_embeds = embed_tokens(new)[:, None]
                 if use_cache:

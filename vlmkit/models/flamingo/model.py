@@ -53,6 +53,9 @@ UNUSED_VISION_PARAMS = ("ln_post", "proj")
 class OpenFlamingo(VLModel):
     """Frozen CLIP ViT + Perceiver resampler + frozen causal LM with gated cross-attention before every n-th layer."""
 
+    #: Entry points besides ``forward`` that use the weights (registered with FSDP, see vlmkit/engine/fsdp.py).
+    fsdp_forward_methods = ("generate", "generate_ids")
+
     def __init__(self, vision_encoder: nn.Module, lang_encoder: nn.Module, tokenizer: Any,
                  tokens: build.SpecialTokens, cfg: Mapping[str, Any]) -> None:
         super().__init__()
@@ -199,21 +202,23 @@ class OpenFlamingo(VLModel):
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 20, num_beams: int = 3, length_penalty: float = 0.0,
                  temperature: float = 0.0, top_p: float = 1.0, do_sample: bool | None = None,
-                 **ignored: Any) -> list[str]:
+                 synced_gpus: bool = False, **ignored: Any) -> list[str]:
         """Continuations of the (left-padded) prompts, stopping at ``<|endofchunk|>``; special tokens removed.
 
         Greedy/beam search by default; sampling when ``do_sample`` or (``do_sample`` None and) ``temperature > 0``,
-        only then are ``temperature`` and ``top_p`` used. Other keyword arguments are accepted and ignored.
+        only then are ``temperature`` and ``top_p`` used. ``synced_gpus`` (set by the runner under FSDP): keep stepping
+        until every rank has finished, since each step all-gathers sharded weights. Other keyword arguments are
+        accepted and ignored.
         """
         new_tokens = self.generate_ids(batch, max_new_tokens=max_new_tokens, num_beams=num_beams,
                                        length_penalty=length_penalty, temperature=temperature, top_p=top_p,
-                                       do_sample=do_sample)
+                                       do_sample=do_sample, synced_gpus=synced_gpus)
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     @torch.no_grad()
     def generate_ids(self, batch: dict[str, Any], max_new_tokens: int = 20, num_beams: int = 3,
                      length_penalty: float = 0.0, temperature: float = 0.0, top_p: float = 1.0,
-                     do_sample: bool | None = None) -> torch.Tensor:
+                     do_sample: bool | None = None, synced_gpus: bool = False) -> torch.Tensor:
         """The generated token ids (B, ≤ max_new_tokens), prompt excluded, padded with the pad id after the end."""
         from transformers import GenerationConfig
 
@@ -233,7 +238,7 @@ class OpenFlamingo(VLModel):
         handle = self.lang_encoder.register_forward_pre_hook(supply, with_kwargs=True)
         try:
             out = self.lang_encoder.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                             generation_config=config)
+                                             generation_config=config, synced_gpus=synced_gpus)
         finally:
             handle.remove()
         return out[:, input_ids.shape[1]:]

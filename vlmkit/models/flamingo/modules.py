@@ -111,7 +111,7 @@ class PerceiverResampler(nn.Module):
         for attn, ff in self.layers:
             latents = attn(x, latents) + latents
             latents = ff(latents) + latents
-        return self.norm(latents).unflatten(0, (b, t))
+        return self.norm(latents.unflatten(0, (b, t)))  # a fresh tensor, not a view (FSDP hooks the output)
 
 
 class MaskedCrossAttention(nn.Module):
