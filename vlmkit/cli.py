@@ -63,13 +63,27 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
                         help="trained weights: model.safetensors, checkpoints/*.pt or an OpenFlamingo checkpoint.pt")
     parser.add_argument("--split", dest="splits", nargs="+", default=None,
                         help="splits to evaluate (default: run.test_splits)")
+    parser.add_argument("--shots", nargs="+", type=int, default=None, metavar="N",
+                        help="few-shot sweep: evaluate with each number of demos (0 = text-only zero-shot demos) into "
+                             "<output_dir>/shots<N>/trial<t>/ and summarize in fewshot_summary.json (docs/fewshot.md)")
+    parser.add_argument("--trials", type=int, default=None, metavar="T",
+                        help="with --shots: trials 0..T-1 per shots, each with other demos (default 1)")
     args = parser.parse_args(argv)
 
     def run(a: argparse.Namespace) -> int:
         from vlmkit.config import load_config
+        from vlmkit.errors import ConfigError
+
+        if a.shots is None and a.trials is not None:
+            raise ConfigError("--trials needs --shots (e.g. --shots 0 4 8 --trials 3)")
+        cfg = load_config(a.cfg_path, a.options, a.imports)
+        if a.shots is not None:
+            from vlmkit.engine.sweep import run_sweep
+
+            run_sweep(cfg, a.shots, 1 if a.trials is None else a.trials, checkpoint=a.checkpoint, splits=a.splits)
+            return 0
         from vlmkit.engine.runner import evaluate
 
-        cfg = load_config(a.cfg_path, a.options, a.imports)
         evaluate(cfg, checkpoint=a.checkpoint, splits=a.splits)
         return 0
 

@@ -1,0 +1,138 @@
+"""Few-shot sweep: ``tools/evaluate.py --shots 0 4 8 16 32 --trials 3`` evaluates one model at every (shots, trial).
+
+The model is built (and its weights loaded, and sharded under FSDP) once; for each point the ``fewshot`` section of
+every dataset that has one gets ``shots=N`` and ``trial=t``, the datasets are rebuilt and the splits evaluated into
+``<run.output_dir>/shots{N}/trial{t}/`` exactly as a plain evaluation with those two options writes its output dir.
+Then ``<run.output_dir>/fewshot_summary.json`` holds the task's main metric per split, shots and trial, with the mean
+and sample standard deviation over trials, and rank 0 prints them as a Markdown table.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import Dataset
+
+from vlmkit import dist
+from vlmkit.engine.hooks import MetricsFiles
+from vlmkit.engine.runner import build_task, check_datasets, evaluate, evaluate_splits, seed_everything
+from vlmkit.errors import ConfigError
+from vlmkit.tasks.base import Task, write_json_atomic
+
+logger = logging.getLogger("vlmkit")
+
+SUMMARY_FILE = "fewshot_summary.json"
+
+
+def point_dir(output_dir: str | Path, shots: int, trial: int) -> Path:
+    """Where the evaluation of one (shots, trial) point is written."""
+    return Path(output_dir) / f"shots{shots}" / f"trial{trial}"
+
+
+def fewshot_datasets(cfg: DictConfig) -> list[str]:
+    """Names of the config's datasets that have a ``fewshot`` section."""
+    return [str(name) for name, dcfg in cfg.datasets.items() if dcfg.get("fewshot") is not None]
+
+
+def check_sweep(cfg: DictConfig, shots: Sequence[int], trials: int) -> list[int]:
+    """Validate the sweep arguments against the config; return the shots without repeats, in the given order."""
+    if trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {trials}")
+    negative = [n for n in shots if n < 0]
+    if negative:
+        raise ConfigError(f"--shots must be >= 0 (0 = text-only zero-shot demos), got {negative[0]}")
+    if not fewshot_datasets(cfg):
+        raise ConfigError(f"--shots: no dataset of this config ({', '.join(map(str, cfg.datasets))}) has a fewshot "
+                          "section, so it cannot be evaluated few-shot; use a VQAv2 or COCO-caption config")
+    return list(dict.fromkeys(int(n) for n in shots))
+
+
+def set_point(cfg: DictConfig, shots: int, trial: int) -> None:
+    """Set ``fewshot.shots`` and ``fewshot.trial`` of every dataset that has a fewshot section."""
+    for name in fewshot_datasets(cfg):
+        cfg.datasets[name].fewshot.shots = shots
+        cfg.datasets[name].fewshot.trial = trial
+
+
+def summarize(scores: Mapping[str, Mapping[int, Sequence[float]]], main_metric: str, trials: int) -> dict[str, Any]:
+    """``{"main_metric", "trials", "splits": {split: {shots: {"trials", "mean", "std", "num_trials"}}}}``.
+
+    ``std`` is the sample standard deviation over trials (0 with a single trial); shots are JSON keys (strings).
+    """
+    splits: dict[str, dict[str, Any]] = {}
+    for key, by_shots in scores.items():
+        splits[key] = {}
+        for shots, values in by_shots.items():
+            values = [float(v) for v in values]
+            splits[key][str(shots)] = {
+                "trials": values,
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "num_trials": len(values),
+            }
+    return {"main_metric": main_metric, "trials": trials, "splits": splits}
+
+
+def format_summary(summary: Mapping[str, Any], shots: Sequence[int], scale: float = 1.0) -> str:
+    """A Markdown table: one row per shots, one column per split, cells "mean ± std" of the main metric × ``scale``."""
+    keys = list(summary["splits"])
+    lines = ["| shots | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for n in shots:
+        cells = []
+        for key in keys:
+            cell = summary["splits"][key].get(str(n))
+            cells.append("-" if cell is None else f"{cell['mean'] * scale:.2f} ± {cell['std'] * scale:.2f}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_sweep(cfg: DictConfig, shots: Sequence[int], trials: int = 1, checkpoint: str | None = None,
+              splits: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate every (shots, trial) with one model; write each point's files and the summary; return the summary."""
+    shots = check_sweep(cfg, shots, trials)
+    cfg = copy.deepcopy(cfg)
+    set_point(cfg, shots[0], 0)  # the datasets the runner builds and checks before writing are the first point's
+    points = [(n, t) for n in shots for t in range(trials)]
+
+    def sweep(cfg: DictConfig, task: Task, model: nn.Module, datasets: dict[str, dict[str, Dataset]],
+              splits: list[str], device: torch.device) -> dict[str, Any]:
+        out = Path(cfg.run.output_dir)
+        scores: dict[str, dict[int, list[float]]] = {}
+        for i, (n, t) in enumerate(points):
+            if i > 0:
+                set_point(cfg, n, t)
+                task = build_task(cfg)
+                datasets = task.build_datasets(model)
+                check_datasets(datasets)
+            logger.info("few-shot sweep %d/%d: shots=%d trial=%d", i + 1, len(points), n, t)
+            where = point_dir(out, n, t)
+            run = copy.deepcopy(cfg.run)
+            run.output_dir = str(where)
+            metrics = MetricsFiles(where)
+            metrics.reset()  # a rerun of the sweep replaces the point's log instead of appending to it
+            seed_everything(int(cfg.run.seed))  # each point as a plain evaluation starts it, whatever came before
+            results = evaluate_splits(model, task, datasets, splits, run, device, metrics, None, None)
+            for key, result in results.items():
+                if task.main_metric not in result:
+                    logger.warning("%s (shots=%d trial=%d) has no main metric '%s' (e.g. no public answers); "
+                                   "left out of the summary", key, n, t, task.main_metric)
+                    continue
+                scores.setdefault(key, {}).setdefault(n, []).append(float(result[task.main_metric]))
+                logger.info("shots=%d trial=%d %s %s=%.4f", n, t, key, task.main_metric, result[task.main_metric])
+        summary = summarize(scores, task.main_metric, trials)
+        if dist.is_main():
+            write_json_atomic(summary, out / SUMMARY_FILE)
+            scale = float(getattr(task, "table_scale", 1.0))
+            print(f"== few-shot {task.main_metric} (mean ± std over {trials} trial{'s' if trials > 1 else ''}) ==\n"
+                  + format_summary(summary, shots, scale), flush=True)
+        dist.barrier()
+        return summary
+
+    return evaluate(cfg, checkpoint, splits, sweep)
