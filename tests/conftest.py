@@ -60,6 +60,17 @@ def run_tool(args: list[str], cwd: Path | None = None, env: dict | None = None, 
     return subprocess.run(cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def assert_one_error_line(res: subprocess.CompletedProcess, *needles: str) -> str:
+    """Bad input's contract: exit status 2, no traceback, one ``error: ...`` line on stderr containing ``needles``."""
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    assert "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The README quickstart, run once: generated data + tiny LLaMA, then training and test evaluation."""

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from conftest import REPO, run_tool
+from conftest import REPO, assert_one_error_line, run_tool
 
 QUICKSTART = str(REPO / "projects/quickstart/lavin_sqa_tiny.yaml")
 
@@ -16,16 +16,6 @@ def small_data(tmp_path_factory):
                     "--n-train", "20", "--n-val", "10", "--n-test", "10"])
     assert res.returncode == 0, res.stderr
     return data
-
-
-def _fails_cleanly(res, *needles):
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
-    assert "Traceback" not in res.stderr, res.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def _train(data, out, *options, cfg=QUICKSTART, tool="train.py", extra=()):
@@ -49,29 +39,29 @@ def _untouched(out):
 
 
 def test_unknown_arch(small_data, existing_output):
-    _fails_cleanly(_train(small_data, existing_output, "model.arch=lavn"), "unknown model 'lavn'", "did you mean 'lavin'")
+    assert_one_error_line(_train(small_data, existing_output, "model.arch=lavn"), "unknown model 'lavn'", "did you mean 'lavin'")
     _untouched(existing_output)
 
 
 def test_misspelled_key(small_data, existing_output):
-    _fails_cleanly(_train(small_data, existing_output, "model.adapter_dimm=4"), "model.adapter_dimm", "adapter_dim")
+    assert_one_error_line(_train(small_data, existing_output, "model.adapter_dimm=4"), "model.adapter_dimm", "adapter_dim")
     _untouched(existing_output)
 
 
 def test_wrong_value_type(small_data, existing_output):
-    _fails_cleanly(_train(small_data, existing_output, "run.batch_size=big"), "run.batch_size", "int")
+    assert_one_error_line(_train(small_data, existing_output, "run.batch_size=big"), "run.batch_size", "int")
     _untouched(existing_output)
 
 
 def test_missing_data_file(tmp_path, small_data, existing_output):
     res = _train(small_data, existing_output, f"datasets.scienceqa.root={tmp_path / 'nowhere'}")
-    _fails_cleanly(res, "problems.json", str(tmp_path / "nowhere"))
+    assert_one_error_line(res, "problems.json", str(tmp_path / "nowhere"))
     _untouched(existing_output)
 
 
 def test_missing_weight_file(tmp_path, small_data, existing_output):
     res = _train(small_data, existing_output, f"model.llama_root={tmp_path / 'no_weights'}")
-    _fails_cleanly(res, str(tmp_path / "no_weights"), "tokenizer.model")
+    assert_one_error_line(res, str(tmp_path / "no_weights"), "tokenizer.model")
     _untouched(existing_output)
 
 
@@ -83,7 +73,7 @@ def test_corrupt_image(tmp_path, small_data, existing_output):
         image.write_bytes(b"not a png")
     res = run_tool([str(REPO / "tools/train.py"), "--cfg-path", QUICKSTART, "--options",
                     f"run.output_dir={existing_output}", "run.epochs=1"], env={"VLMKIT_QUICKSTART_ROOT": str(data)})
-    _fails_cleanly(res, "image.png")
+    assert_one_error_line(res, "image.png")
     _untouched(existing_output)
 
 
@@ -95,7 +85,7 @@ def test_empty_split(tmp_path, small_data, existing_output):
     (data / "pid_splits.json").write_text(json.dumps(splits))
     res = run_tool([str(REPO / "tools/evaluate.py"), "--cfg-path", QUICKSTART, "--split", "test", "--options",
                     f"run.output_dir={existing_output}"], env={"VLMKIT_QUICKSTART_ROOT": str(data)})
-    _fails_cleanly(res, "test")
+    assert_one_error_line(res, "test")
     _untouched(existing_output)
 
 
@@ -107,7 +97,7 @@ def test_checkpoint_of_another_model(tmp_path, small_data, existing_output):
     res = run_tool([str(REPO / "tools/evaluate.py"), "--cfg-path", QUICKSTART, "--checkpoint",
                     str(other / "model.safetensors"), "--options", f"run.output_dir={existing_output}"],
                    env={"VLMKIT_QUICKSTART_ROOT": str(small_data)})
-    _fails_cleanly(res, "model.safetensors")
+    assert_one_error_line(res, "model.safetensors")
     _untouched(existing_output)
 
 
@@ -115,7 +105,7 @@ def test_missing_checkpoint_file(tmp_path, small_data, existing_output):
     res = run_tool([str(REPO / "tools/evaluate.py"), "--cfg-path", QUICKSTART, "--checkpoint",
                     str(tmp_path / "nope.safetensors"), "--options", f"run.output_dir={existing_output}"],
                    env={"VLMKIT_QUICKSTART_ROOT": str(small_data)})
-    _fails_cleanly(res, "nope.safetensors")
+    assert_one_error_line(res, "nope.safetensors")
     _untouched(existing_output)
 
 
@@ -131,6 +121,6 @@ def test_7b_recipe_names_missing_weights(tmp_path, small_data):
     res = run_tool([str(REPO / "tools/train.py"), "--cfg-path", str(REPO / "projects/lavin/sqa_7b.yaml"), "--options",
                     f"run.output_dir={tmp_path / 'run'}"],
                    env={"VLMKIT_LLAMA_ROOT": str(tmp_path / "llama"), "VLMKIT_SQA_ROOT": str(small_data)})
-    line = _fails_cleanly(res, str(tmp_path / "llama"))
+    line = assert_one_error_line(res, str(tmp_path / "llama"))
     assert "obtain" in line or "request" in line or "download" in line, line
     assert not (tmp_path / "run").exists()

@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from conftest import REPO, run_tool
+from conftest import REPO, assert_one_error_line, run_tool
 
 PROJECT = str(REPO / "projects/quickstart/flamingo_vqav2_tiny.yaml")
 EVALUATE = str(REPO / "tools/evaluate.py")
@@ -114,7 +114,5 @@ def test_bad_arguments(tmp_path, cfg, args, needle):
     out.mkdir()
     (out / "metrics.json").write_text("{}")
     res = run_tool([EVALUATE, "--cfg-path", str(REPO / cfg), *args, "--options", f"run.output_dir={out}"])
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
+    assert_one_error_line(res, needle)
     assert [p.name for p in out.iterdir()] == ["metrics.json"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run_tool
+from conftest import REPO, assert_one_error_line, run_tool
 from vlmkit.models.tiny import TINY_LLAMA_PARAMS, write_meta_checkpoint
 
 PROJECT = str(REPO / "projects/quickstart/flamingo_coco_tiny.yaml")
@@ -102,14 +102,6 @@ def test_generation_stays_in_lockstep(spm_tokenizer_path, tmp_path):
         assert sharded == {key: reference[key] for key in sharded}  # greedy text, 3-beam text, greedy ids
 
 
-def _one_error_line(res, *needles):
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
 @pytest.mark.parametrize("options,needles", [
     (["run.strategy=zero3"], ["run.strategy 'zero3' is not one of: ddp, fsdp"]),
     (["run.strategy=fsdp", "run.optimizer=adamw8bit"], ["run.strategy=fsdp needs run.optimizer=adamw"]),
@@ -118,7 +110,7 @@ def test_unsupported_fsdp_settings_are_refused(coco, tmp_path, options, needles)
     out = tmp_path / "run"
     res = run_tool([str(REPO / "tools/train.py"), "--cfg-path", PROJECT, "--options", f"run.output_dir={out}",
                     *OPTIONS, *options], env=coco)
-    _one_error_line(res, *needles)
+    assert_one_error_line(res, *needles)
     assert not out.exists()
 
 
@@ -131,5 +123,5 @@ def test_fsdp_refuses_a_model_without_units(tmp_path):
                 "device": "cpu", "strategy": "fsdp"}}))
     res = run_tool([str(REPO / "tools/train.py"), "--cfg-path", str(cfg)],
                    env={"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"})
-    _one_error_line(res, "model ToyMLP does not say how to shard itself", "fsdp_wrap_classes")
+    assert_one_error_line(res, "model ToyMLP does not say how to shard itself", "fsdp_wrap_classes")
     assert not (tmp_path / "run").exists()

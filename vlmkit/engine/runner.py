@@ -398,7 +398,7 @@ def _evaluate(cfg: DictConfig, checkpoint: str | None, splits: list[str] | None,
         raise ConfigError("nothing to evaluate: run.test_splits is empty and no --split was given")
     # The task builds only what this run uses: the evaluated splits.
     cfg.run.train_splits, cfg.run.val_splits, cfg.run.test_splits = [], [], splits
-    check_strategy(cfg.run)
+    strategy = check_strategy(cfg.run)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise missing_file(checkpoint, "checkpoint", "pass --checkpoint <output_dir>/model.safetensors of a finished run")
     seed_everything(int(cfg.run.seed))
@@ -408,7 +408,7 @@ def _evaluate(cfg: DictConfig, checkpoint: str | None, splits: list[str] | None,
         load_checkpoint_into(model, checkpoint, cfg.model.arch)
     datasets = task.build_datasets(model)
     check_datasets(datasets)
-    if check_strategy(cfg.run) == "fsdp":
+    if strategy == "fsdp":
         model = wrap_model(model, cfg.run, device)  # a model too big for one device is evaluated sharded too
     found = {s for by_split in datasets.values() for s in by_split}
     missing = [s for s in splits if s not in found]

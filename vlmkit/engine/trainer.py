@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-import torch.distributed as tdist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -241,11 +240,7 @@ class Trainer(TrainerBase):
 
     def _agree(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is true on any rank, so all ranks skip the same steps."""
-        if not dist.is_dist():
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device if tdist.get_backend() == "nccl" else "cpu")
-        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+        return not dist.all_ranks(not flag)
 
     def _clip_and_norm(self) -> float:
         grads = [p.grad for p in self.trainable if p.grad is not None]
