@@ -10,6 +10,7 @@ import torch
 from vlmkit.errors import CheckpointError, ConfigError, DataError
 from vlmkit.models.flamingo import (OpenFlamingo, load_openflamingo_checkpoint, load_openflamingo_state_dict,
                                     openflamingo_state_dict, save_openflamingo_checkpoint)
+from vlmkit.models import hf_compat
 from vlmkit.models.flamingo.model import _MediaForGeneration
 from vlmkit.models.flamingo.modules import GatedCrossAttentionBlock, MediaContext, clip_patch_tokens, media_text_time
 
@@ -152,15 +153,16 @@ def test_cached_decoding_step_sees_the_last_image(model: OpenFlamingo) -> None:
     ids, mask = batch["input_ids"], batch["attention_mask"]
     media = model.encode_images(batch["images"], batch["image_mask"])
     hook = model.lang_encoder.register_forward_pre_hook(
-        _MediaForGeneration(media, (ids == model.media_token_id).sum(-1), model.media_token_id), with_kwargs=True)
+        _MediaForGeneration(media, ids, model.media_token_id), with_kwargs=True)
     try:
         with torch.no_grad():
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             prefill = model.lang_encoder(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
             token = prefill.logits[:, -1].argmax(-1, keepdim=True)
+            cache = hf_compat.find_cache((), dict(prefill))  # the output's cache, whatever this release names it
             step = model.lang_encoder(input_ids=token, attention_mask=torch.cat([mask, torch.ones_like(token)], 1),
-                                      position_ids=position_ids[:, -1:] + 1, past_key_values=prefill.past_key_values,
-                                      use_cache=True).logits[:, -1]
+                                      position_ids=position_ids[:, -1:] + 1, use_cache=True,
+                                      **{hf_compat.cache_keyword(model.lang_encoder): cache}).logits[:, -1]
     finally:
         hook.remove()
     full = logits(model, {**batch, "input_ids": torch.cat([ids, token], 1),

@@ -141,3 +141,28 @@ def test_vlmkit_checkpoint_loads_into_reference(reference: dict, spm_tokenizer_p
     assert not [k for k in loaded["missing"]
                 if k.startswith("perceiver.") or ".gated_cross_attn_layer." in k or k.endswith("embed_tokens.weight")]
     assert rel_err(real_token_logits(logits, reference), real_token_logits(loaded["logits"], reference)) <= REL_TOL
+
+
+@pytest.fixture(scope="module")
+def fewshot_reference(tmp_path_factory: pytest.TempPathFactory, spm_tokenizer_path: Path) -> dict:
+    """open-flamingo 2.0.1 with an LM of width 256 on 0/4/8-shot VQA prompts (see the script's ``fewshot``)."""
+    out = tmp_path_factory.mktemp("openflamingo_fewshot")
+    run_reference("fewshot", str(out), str(spm_tokenizer_path))
+    return {"out": out, "meta": json.loads((out / "meta.json").read_text()),
+            "points": torch.load(out / "io_fewshot.pt", weights_only=True)}
+
+
+@pytest.mark.parametrize("shots", [0, 4, 8])
+def test_fewshot_generations_match_reference(fewshot_reference: dict, spm_tokenizer_path: Path, shots: int) -> None:
+    """Greedy and 3-beam generations of 0/4/8-shot VQA prompts equal open-flamingo 2.0.1's on the same weights, at a
+    size where a decoding step attending to the wrong image changes the generated tokens."""
+    model = build_vlmkit(fewshot_reference, spm_tokenizer_path)
+    load_openflamingo_checkpoint(model, fewshot_reference["out"] / "full_state.pt")
+    io = fewshot_reference["points"][shots]
+    samples = [{"id": str(i), "prompt": p, "images": list(io["vision_x"][i, :n, 0]), "target": ""}
+               for i, (p, n) in enumerate(zip(io["prompts"], io["images_per_prompt"].tolist()))]
+    batch = model.collator(train=False)(samples)
+    assert torch.equal(batch["input_ids"], io["input_ids"]) and torch.equal(batch["images"], io["vision_x"])
+    steps = io["greedy"].shape[1]
+    assert torch.equal(model.generate_ids(batch, max_new_tokens=steps, num_beams=1), io["greedy"])
+    assert torch.equal(model.generate_ids(batch, max_new_tokens=steps, num_beams=3, length_penalty=0.0), io["beam3"])

@@ -2,7 +2,8 @@
 # Install the open-flamingo 2.0.1 reference into its own directory, for tests/test_flamingo_parity.py.
 #
 # open-flamingo pins torch 2.0.1, so it is installed with --no-deps into a separate target directory together with the
-# few packages its `generate` needs at the versions it was released against (transformers 4.36.2 and friends). The
+# few packages its `generate` needs at the versions it was released against (transformers 4.36.2 and friends; accelerate
+# too, so that the test venv's newer accelerate, which needs a newer huggingface_hub, is never imported there). The
 # parity test runs it in a subprocess with PYTHONPATH=<dir>, so these old versions never mix with vlmkit's.
 # open_clip_torch is pinned to 2.16.0: that release returns the vision tokens BEFORE ln_post, the behaviour the released
 # OpenFlamingo weights were trained on (open_clip 3.x applies ln_post first).
@@ -29,6 +30,7 @@ PACKAGES=(
   urllib3==2.2.1
   certifi==2024.2.2
   charset-normalizer==3.3.2
+  accelerate==0.25.0
 )
 MARKER="$DIR/.vlmkit-installed"
 WANT="${PACKAGES[*]}"

@@ -3,6 +3,8 @@ install_open_flamingo.sh), so that open-flamingo runs with the transformers / op
 
     python openflamingo_reference.py build OUT TOKENIZER_MODEL   build a tiny reference, write its files and outputs
     python openflamingo_reference.py load OUT CHECKPOINT         rebuild it, load a (vlmkit-written) checkpoint, record
+    python openflamingo_reference.py fewshot OUT TOKENIZER_MODEL a larger model (LM width 256): 0/4/8-shot VQA prompts,
+                                                                 greedy and 3-beam generations (io_fewshot.pt)
 
 ``create_model_and_transforms`` needs hub names, so ``build_reference`` does its steps by hand: open_clip model with
 ``visual.output_tokens``, tokenizer + special tokens, causal LM + ``FlamingoLMMixin``, decoder layer attribute from
@@ -48,7 +50,38 @@ IMAGES_PER_PROMPT = [3, 2, 1]
 MAX_NEW_TOKENS = 8
 
 
-def build_reference(out: Path, tokenizer_model: Path | None, write: bool) -> tuple[Flamingo, object]:
+# The few-shot build: an LM wide enough that the image a generated token attends to decides its argmax.
+FEWSHOT_LM_CFG = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
+                  "num_key_value_heads": 8, "tie_word_embeddings": False}
+FEWSHOT_SHOTS = (0, 4, 8)
+FEWSHOT_QUERIES = 4
+FEWSHOT_MAX_NEW_TOKENS = 8
+QUESTIONS = ["what color is the shape?", "what shape is shown?", "which animal is in the picture?",
+             "what number is on the map?", "which state is north?", "what is on the table?"]
+ANSWERS = ["red", "circle", "dog", "two", "south", "cat"]
+
+
+def vqa_prompt(question: str, answer: str | None) -> str:
+    """open_flamingo/eval's VQA prompt; a demo ends with <|endofchunk|> (and is followed by a newline)."""
+    return f"<image>Question:{question} Short answer:{answer + '<|endofchunk|>' if answer is not None else ''}"
+
+
+def fewshot_prompts(shots: int) -> tuple[list[str], list[int]]:
+    """FEWSHOT_QUERIES prompts with ``shots`` demos each; 0 shots = two text-only demos (the <image> tags removed)."""
+    prompts, n_images = [], []
+    for q in range(FEWSHOT_QUERIES):
+        n_demos = shots if shots else 2
+        demos = [vqa_prompt(QUESTIONS[(q + d) % 6], ANSWERS[(q + 2 * d) % 6]) + "\n" for d in range(n_demos)]
+        context = "".join(demos)
+        if shots == 0:
+            context = context.replace("<image>", "")
+        prompts.append(context + vqa_prompt(QUESTIONS[(q + 3) % 6], None))
+        n_images.append(shots + 1)
+    return prompts, n_images
+
+
+def build_reference(out: Path, tokenizer_model: Path | None, write: bool,
+                    lm_cfg: dict = LM_CFG) -> tuple[Flamingo, object]:
     torch.manual_seed(SEED)
     clip = open_clip.CLIP(embed_dim=EMBED_DIM, vision_cfg=VISION_CFG, text_cfg=TEXT_CFG, quick_gelu=True)
     with torch.no_grad():  # ln_post is not used by the tap; make it non-trivial so a tap after ln_post would show
@@ -67,7 +100,7 @@ def build_reference(out: Path, tokenizer_model: Path | None, write: bool) -> tup
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": "<PAD>"})
     if write:
-        LlamaForCausalLM(LlamaConfig(vocab_size=base_vocab, **LM_CFG)).save_pretrained(str(out / "lm"))
+        LlamaForCausalLM(LlamaConfig(vocab_size=base_vocab, **lm_cfg)).save_pretrained(str(out / "lm"))
         tokenizer.save_pretrained(str(out / "ref_tokenizer"))
     lang_encoder = LlamaForCausalLM.from_pretrained(str(out / "lm"), local_files_only=True)
     extend_instance(lang_encoder, FlamingoLMMixin)
@@ -106,25 +139,27 @@ def filter_state_dict_to_trainable(model: Flamingo, state: dict) -> dict:
             and "vision_encoder" not in k}
 
 
-def inputs(tokenizer: object) -> dict:
+def inputs(tokenizer: object, prompts: list[str] = PROMPTS, images_per_prompt: list[int] = IMAGES_PER_PROMPT,
+           seed: int = SEED + 2) -> dict:
     tokenizer.padding_side = "left"  # as open-flamingo's evaluation
-    enc = tokenizer(PROMPTS, return_tensors="pt", padding="longest")
-    gen = torch.Generator().manual_seed(SEED + 2)
+    enc = tokenizer(prompts, return_tensors="pt", padding="longest")
+    gen = torch.Generator().manual_seed(seed)
     size = VISION_CFG["image_size"]
-    vision_x = torch.zeros(len(PROMPTS), max(IMAGES_PER_PROMPT), 1, 3, size, size)
-    for i, n in enumerate(IMAGES_PER_PROMPT):
+    vision_x = torch.zeros(len(prompts), max(images_per_prompt), 1, 3, size, size)
+    for i, n in enumerate(images_per_prompt):
         vision_x[i, :n] = torch.randn(n, 1, 3, size, size, generator=gen)
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "vision_x": vision_x,
-            "images_per_prompt": torch.tensor(IMAGES_PER_PROMPT)}
+            "images_per_prompt": torch.tensor(images_per_prompt)}
 
 
-def run_model(model: Flamingo, tokenizer: object, io: dict, generate: bool) -> dict:
+def run_model(model: Flamingo, tokenizer: object, io: dict, generate: bool,
+              max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
     with torch.no_grad():
         out = {"logits": model(io["vision_x"], io["input_ids"], attention_mask=io["attention_mask"]).logits}
         if generate:
             for name, beams in (("greedy", 1), ("beam3", 3)):
                 ids = model.generate(io["vision_x"], io["input_ids"], attention_mask=io["attention_mask"],
-                                     max_new_tokens=MAX_NEW_TOKENS, num_beams=beams, length_penalty=0.0,
+                                     max_new_tokens=max_new_tokens, num_beams=beams, length_penalty=0.0,
                                      pad_token_id=tokenizer.pad_token_id)
                 out[name] = ids[:, io["input_ids"].shape[1]:]
     return out
@@ -156,6 +191,19 @@ def main() -> None:
         logits = run_model(model, tokenizer, io, generate=False)["logits"]
         torch.save({"logits": logits, "unexpected": list(result.unexpected_keys),
                     "missing": list(result.missing_keys)}, out / "loaded.pt")
+    elif command == "fewshot":
+        model, tokenizer = build_reference(out, Path(sys.argv[3]), write=True, lm_cfg=FEWSHOT_LM_CFG)
+        torch.save(model.state_dict(), out / "full_state.pt")
+        points = {}
+        for shots in FEWSHOT_SHOTS:
+            prompts, n_images = fewshot_prompts(shots)
+            io = inputs(tokenizer, prompts, n_images, seed=SEED + 10 + shots)
+            io.update(run_model(model, tokenizer, io, generate=True, max_new_tokens=FEWSHOT_MAX_NEW_TOKENS))
+            points[shots] = {**io, "prompts": prompts}
+        torch.save(points, out / "io_fewshot.pt")
+        meta = {"vision_cfg": VISION_CFG, "embed_dim": EMBED_DIM, "lm_cfg": FEWSHOT_LM_CFG,
+                "cross_attn_every_n_layers": CROSS_ATTN_EVERY_N_LAYERS}
+        (out / "meta.json").write_text(json.dumps(meta, indent=1))
     else:
         raise SystemExit(f"unknown command {command}")
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from vlmkit import dist
 from vlmkit.errors import ConfigError, DataError
+from vlmkit.models import hf_compat
 from vlmkit.models.adapters import AdapterMLP, MMAdapter, dropout_schedule
 from vlmkit.models.base import VLModel
 from vlmkit.models.clip import CLIPVisionTaps, build_clip_visual
@@ -354,10 +355,8 @@ class LaVIN(VLModel):
 
         with self._reused_routing() if use_cache else nullcontext():
             if use_cache:
-                from transformers import DynamicCache
-
-                cache = DynamicCache(config=self.llm.config)
-                out = self._run(embeds, mask, past_key_values=cache, use_cache=True)
+                cache = {hf_compat.cache_keyword(self.llm.model): hf_compat.new_dynamic_cache(self.llm.config)}
+                out = self._run(embeds, mask, use_cache=True, **cache)
                 key_ok = mask.bool().clone()
                 key_ok[:, MODALITY_COLUMN] = False
                 next_pos = mask.long().sum(1, keepdim=True)  # modality is position 0, so count = next position
@@ -379,7 +378,7 @@ class LaVIN(VLModel):
                     bias = torch.zeros(B, 1, 1, key_ok.shape[1], dtype=embeds.dtype, device=embeds.device)
                     bias = bias.masked_fill(~key_ok[:, None, None, :], torch.finfo(embeds.dtype).min)
                     out = self.llm.model(inputs_embeds=new_embeds, attention_mask=bias, position_ids=next_pos,
-                                         past_key_values=cache, use_cache=True)
+                                         use_cache=True, **cache)
                     next_pos = next_pos + 1
                 else:
                     embeds = torch.cat([embeds, new_embeds], dim=1)

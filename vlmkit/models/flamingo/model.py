@@ -21,6 +21,7 @@ from torch import nn
 
 from vlmkit.errors import ConfigError
 from vlmkit.models.base import LoadReport, VLModel
+from vlmkit.models import hf_compat
 from vlmkit.models.flamingo import build
 from vlmkit.models.flamingo.checkpoint import load_openflamingo_checkpoint, load_openflamingo_state_dict
 from vlmkit.models.flamingo.collate import IGNORE_INDEX, FlamingoCollator
@@ -76,7 +77,8 @@ class OpenFlamingo(VLModel):
         lm_dim = lang_encoder.get_input_embeddings().embedding_dim
         for i, layer in enumerate(layers):
             block = (GatedCrossAttentionBlock(lm_dim, vis_dim, int(x["heads"]), int(x["dim_head"]), int(x["ff_mult"]),
-                                              bool(x["only_attend_immediate_media"])) if (i + 1) % every == 0 else None)
+                                              bool(x["only_attend_immediate_media"]), float(x["gate_init"]))
+                     if (i + 1) % every == 0 else None)
             layers[i] = FlamingoDecoderLayer(layer, block)
         self.layers_param_prefix = f"lang_encoder.{layers_path}"  # checkpoint interop: where the layers are named
         self.embedding_param_prefix = next(f"lang_encoder.{n}" for n, m in lang_encoder.named_modules()
@@ -233,8 +235,7 @@ class OpenFlamingo(VLModel):
                                   eos_token_id=self.eoc_token_id, pad_token_id=self.pad_token_id, use_cache=True,
                                   **options)
         media = self.encode_images(batch["images"], batch.get("image_mask")).repeat_interleave(int(num_beams), dim=0)
-        prompt_images = (input_ids == self.media_token_id).sum(-1).repeat_interleave(int(num_beams), dim=0)
-        supply = _MediaForGeneration(media, prompt_images, self.media_token_id)
+        supply = _MediaForGeneration(media, input_ids.repeat_interleave(int(num_beams), dim=0), self.media_token_id)
         handle = self.lang_encoder.register_forward_pre_hook(supply, with_kwargs=True)
         try:
             out = self.lang_encoder.generate(input_ids=input_ids, attention_mask=attention_mask,
@@ -256,25 +257,48 @@ class OpenFlamingo(VLModel):
 class _MediaForGeneration:
     """Gives every forward call that Hugging Face ``generate`` makes the media of one ``generate_ids`` call.
 
-    Registered as a forward pre-hook for the duration of that call only. The prompt pass (empty KV cache) computes
-    text_time from its tokens; cached decoding steps see only their new token, which continues the text of the prompt's
-    last image, so text_time carries that image's number forward (open-flamingo v1 dropped it here).
+    Registered as a forward pre-hook for the duration of that call only. Each call's tokens are placed in the whole
+    sequence (prompt + generated) from what the call itself carries, never from which keywords this transformers
+    release happens to use: a call that brings a KV cache continues after the cache's length (read from the cache
+    object, found by its type); a call without one starts at 0 (a full recompute). Prompt tokens get
+    text_time = cumsum(<image>) of the prompt; generated tokens continue the text of the prompt's last image (as
+    open-flamingo 2.0.1; v1 dropped the image there). A call that does not fit — a cache whose length disagrees with the
+    tokens this hook has fed, prompt positions whose ids are not the prompt's, another batch size — raises instead of
+    silently attending to the wrong image.
     """
 
-    def __init__(self, media: torch.Tensor, prompt_images: torch.Tensor, media_token_id: int) -> None:
-        self.media, self.prompt_images, self.media_token_id = media, prompt_images, media_token_id
+    def __init__(self, media: torch.Tensor, prompt_ids: torch.Tensor, media_token_id: int) -> None:
+        if media.shape[0] != prompt_ids.shape[0]:
+            raise ValueError(f"media for {media.shape[0]} rows, prompts for {prompt_ids.shape[0]}")
+        self.media, self.prompt_ids = media, prompt_ids
+        self.prompt_time = media_text_time(prompt_ids, media_token_id)  # (rows, prompt_len)
+        self.fed = 0  # sequence positions that have gone through the model (and into its cache) so far
+
+    def text_time(self, start: int, input_ids: torch.Tensor) -> torch.Tensor:
+        """text_time of the tokens at sequence positions ``start .. start + n`` (checked against the prompt)."""
+        rows, n = input_ids.shape
+        if rows != self.media.shape[0]:
+            raise RuntimeError(f"generate called the model with {rows} rows, but the media are for "
+                               f"{self.media.shape[0]}")
+        prompt_len = self.prompt_ids.shape[1]
+        in_prompt = max(0, min(start + n, prompt_len) - start)  # how many of this call's tokens are prompt tokens
+        if in_prompt and not torch.equal(input_ids[:, :in_prompt], self.prompt_ids[:, start:start + in_prompt]):
+            raise RuntimeError(f"generation step at positions {start}..{start + n} does not match the prompt's tokens; "
+                               "cannot tell which image these tokens belong to")
+        generated = self.prompt_time[:, -1:].expand(rows, n - in_prompt)  # the prompt's last image
+        return torch.cat([self.prompt_time[:, start:start + in_prompt], generated], dim=1)
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
-        input_ids = kwargs["input_ids"]
-        if input_ids.shape[0] != self.media.shape[0]:
-            raise RuntimeError(f"generate expanded the batch to {input_ids.shape[0]} rows, but the media to "
-                               f"{self.media.shape[0]}")
-        cache = kwargs.get("past_key_values")
-        if cache is None or cache.get_seq_length() == 0:
-            text_time = media_text_time(input_ids, self.media_token_id)
-        else:
-            text_time = self.prompt_images.unsqueeze(-1).expand_as(input_ids)
-        kwargs["media"] = MediaContext(self.media, text_time)
+        input_ids = hf_compat.call_input_ids(args, kwargs)
+        cache = hf_compat.find_cache(args, kwargs)
+        start = cache.get_seq_length() if cache is not None else 0
+        if cache is not None and start != self.fed:
+            raise RuntimeError(f"the KV cache holds {start} positions but {self.fed} were fed through this generate "
+                               "call; cannot place the new tokens (see docs/compatibility.md)")
+        if cache is None and self.fed and input_ids.shape[1] <= self.prompt_ids.shape[1]:
+            raise RuntimeError("a generation step without KV cache must carry the whole sequence (prompt + generated)")
+        kwargs["media"] = MediaContext(self.media, self.text_time(start, input_ids))
+        self.fed = start + input_ids.shape[1]
         return args, kwargs
 
 

@@ -151,15 +151,19 @@ class MaskedCrossAttention(nn.Module):
 
 
 class GatedCrossAttentionBlock(nn.Module):
-    """``x + tanh(attn_gate)·xattn(x)``, then ``x + tanh(ff_gate)·ff(x)``; gates start at 0 (LM unchanged)."""
+    """``x + tanh(attn_gate)·xattn(x)``, then ``x + tanh(ff_gate)·ff(x)``.
+
+    Gates start at ``gate_init``: 0 (open-flamingo) leaves a pretrained LM unchanged at the start; a model trained from
+    scratch can open them from the first step, so that its cross-attention learns alongside the language prior.
+    """
 
     def __init__(self, dim: int, dim_visual: int, heads: int, dim_head: int, ff_mult: int,
-                 only_attend_immediate_media: bool) -> None:
+                 only_attend_immediate_media: bool, gate_init: float) -> None:
         super().__init__()
         self.attn = MaskedCrossAttention(dim, dim_visual, heads, dim_head, only_attend_immediate_media)
-        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.attn_gate = nn.Parameter(torch.full((1,), float(gate_init)))
         self.ff = feed_forward(dim, ff_mult)
-        self.ff_gate = nn.Parameter(torch.zeros(1))
+        self.ff_gate = nn.Parameter(torch.full((1,), float(gate_init)))
 
     def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor) -> torch.Tensor:
         # The block keeps its own (fp32) dtype when the frozen LM runs in half precision.

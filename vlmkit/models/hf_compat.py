@@ -1,0 +1,60 @@
+"""The places where vlmkit depends on how transformers calls or names things, in one file.
+
+transformers changes keyword names and call patterns between minor releases (5.2x renamed the cache argument
+``past_key_values`` → ``cache`` and stopped passing ``cache_position``). vlmkit reads such details here, from the objects
+themselves (a signature, the type of an argument), never from a guess about one release. docs/compatibility.md lists
+every dependency on transformers' internals and the versions tested.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _cache_class() -> type:
+    from transformers import Cache
+
+    return Cache
+
+
+def find_cache(args: Iterable[Any], kwargs: dict[str, Any]) -> Any | None:
+    """The KV-cache object among a call's arguments, under whatever keyword (or position) this release uses."""
+    cache_type = _cache_class()
+    found = [value for value in (*args, *kwargs.values()) if isinstance(value, cache_type)]
+    if len(found) > 1 and any(value is not found[0] for value in found[1:]):
+        raise RuntimeError("a language-model call carries two different KV caches; vlmkit cannot tell which is used")
+    return found[0] if found else None
+
+
+def cache_keyword(module: nn.Module) -> str:
+    """The name under which ``module.forward`` takes its KV cache (``cache`` from transformers 5.2x, else
+    ``past_key_values``), read from the signature."""
+    parameters = inspect.signature(module.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    raise RuntimeError(f"{type(module).__name__}.forward takes neither 'cache' nor 'past_key_values'; this transformers "
+                       "release is not supported (see docs/compatibility.md)")
+
+
+def new_dynamic_cache(config: Any) -> Any:
+    """An empty ``DynamicCache`` for a model with this config."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=config)
+
+
+def call_input_ids(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+    """``input_ids`` of a causal-LM call, passed by keyword or as the first positional argument."""
+    input_ids = kwargs.get("input_ids")
+    if input_ids is None and args and isinstance(args[0], torch.Tensor):
+        input_ids = args[0]
+    if input_ids is None:
+        raise RuntimeError("the language model was called without input_ids (inputs_embeds only?): the images cannot "
+                           "be placed on its tokens")
+    return input_ids
+
