@@ -1,25 +1,31 @@
 from setuptools import find_packages, setup
 
+# Every range is what CI tests: the lower ends are pinned in constraints/lowest.txt (a second CI environment runs the
+# generation-critical tests there), the upper ends are the newest releases a fresh install resolves today
+# (constraints/latest.txt records the set of the last green CI). Upper bounds are minor versions for the ML stack,
+# whose minor releases change behaviour (docs/compatibility.md). Raise a bound only together with a CI run at it.
 RUNTIME = [
-    "torch>=2.1",
-    "torchvision",
-    "omegaconf>=2.3",
-    "open_clip_torch>=2.20",
-    "transformers>=5.0",
-    "einops",
-    "sentencepiece",
-    "protobuf",
-    "accelerate",
-    "safetensors",
-    "bitsandbytes",
-    "peft>=0.10",
-    "webdataset",
-    "pycocoevalcap",
-    "tqdm",
-    "tensorboard",
-    "matplotlib",
-    "pillow",
-    "numpy",
+    "torch>=2.14,<2.15",
+    "torchvision>=0.29,<0.30",
+    "transformers>=5.0,<5.25",
+    "tokenizers>=0.22,<0.24",
+    "open_clip_torch>=3.0,<3.4",
+    "peft>=0.18,<0.22",
+    "accelerate>=1.10,<1.16",
+    "bitsandbytes>=0.48,<0.51",
+    "safetensors>=0.5,<0.9",
+    "omegaconf>=2.3,<2.5",
+    "sentencepiece>=0.2,<0.3",
+    "protobuf>=5,<8",
+    "webdataset>=0.2.100,<1.1",
+    "braceexpand>=0.1.7,<0.2",
+    "pycocoevalcap>=1.2,<1.3",
+    "pycocotools>=2.0.8,<2.1",
+    "tqdm>=4.66,<5",
+    "tensorboard>=2.18,<3",
+    "matplotlib>=3.9,<4",
+    "pillow>=11,<14",
+    "numpy>=2.1,<3",
 ]
 
 setup(
@@ -29,5 +35,5 @@ setup(
     packages=find_packages(include=["vlmkit", "vlmkit.*"]),
     python_requires=">=3.10",
     install_requires=RUNTIME,
-    extras_require={"test": ["pytest>=7", "pytest-timeout"]},
+    extras_require={"test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"]},
 )

@@ -40,10 +40,16 @@ def test_finetuning_beats_untrained_model(trained):
                     "--split", trained["split"], "--options", f"run.output_dir={untrained}"], env=trained["env"])
     assert res.returncode == 0, res.stderr[-3000:]
     before, after = _metric(untrained, trained), _metric(trained["run"], trained)
+    predictions = json.loads((trained["run"] / "predictions" / trained["predictions"]).read_text())
     if trained["metric"] == "CIDEr":  # raw pycocoevalcap CIDEr (tables show ×100)
         assert before < 0.3 and after > 1.5, (before, after)
+        # it looks: captions differ with the image (a model that ignores it gives one caption for all 40)
+        assert len({p["caption"] for p in predictions}) >= 5, predictions[:5]
     else:  # VQA accuracy in percent; answers depend on what is drawn
         assert before < 25 and after > 50, (before, after)
+        # colour questions need the image (four colours, any shape): the trained model reads it
+        colour = json.loads((trained["run"] / "metrics.json").read_text())["val"]["answer_type/other"]
+        assert colour > 90, colour
 
 
 def test_two_rank_evaluation_matches_one_rank(trained):
