@@ -11,14 +11,10 @@ RUNTIME = [
     "tokenizers>=0.22,<0.24",
     "open_clip_torch>=3.0,<3.4",
     "peft>=0.18,<0.22",
-    "accelerate>=1.10,<1.16",
-    "bitsandbytes>=0.48,<0.51",
     "safetensors>=0.5,<0.9",
     "omegaconf>=2.3,<2.5",
     "sentencepiece>=0.2,<0.3",
     "protobuf>=5,<8",
-    "webdataset>=0.2.100,<1.1",
-    "braceexpand>=0.1.7,<0.2",
     "pycocoevalcap>=1.2,<1.3",
     "pycocotools>=2.0.8,<2.1",
     "tqdm>=4.66,<5",
@@ -28,12 +24,23 @@ RUNTIME = [
     "numpy>=2.1,<3",
 ]
 
+# Optional parts (vlmkit/extras.py says which feature needs which; a missing one is a one-line error naming it).
+EXTRAS = {
+    "quant": ["bitsandbytes>=0.48,<0.51", "accelerate>=1.10,<1.16"],  # 8-/4-bit models, 8-bit and paged optimizers
+    "shards": ["webdataset>=0.2.100,<1.1", "braceexpand>=0.1.7,<0.2"],  # webdataset tar shards
+    "wandb": ["wandb>=0.25,<0.32"],  # the Weights & Biases logging hook
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+EXTRAS["test"] = EXTRAS["all"] + ["pytest>=8,<10", "pytest-timeout>=2.3,<3"]
+
 setup(
     name="vlmkit",
     version="0.1.0",
     description="Parameter-efficient fine-tuning and evaluation of vision-language models (LaVIN, OpenFlamingo)",
     packages=find_packages(include=["vlmkit", "vlmkit.*"]),
+    package_data={"vlmkit": ["configs/*.yaml", "configs/*/*.yaml"]},  # the defaults ship inside the package
+    entry_points={"console_scripts": ["vlmkit = vlmkit.cli:console"]},
     python_requires=">=3.10",
     install_requires=RUNTIME,
-    extras_require={"test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"]},
+    extras_require=EXTRAS,
 )

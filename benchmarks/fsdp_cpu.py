@@ -40,8 +40,8 @@ def worker(tokenizer: str, strategy: str, out: Path) -> None:
     import torch.distributed as tdist
 
     sys.path.insert(0, str(REPO))
-    from vlmkit.engine.runner import wrap_model
-    from vlmkit.models.flamingo import OpenFlamingo
+    from vlmkit.engine.build import wrap_model
+    from vlmkit.registry import MODELS
 
     tdist.init_process_group("gloo")
     rank = tdist.get_rank()
@@ -49,7 +49,7 @@ def worker(tokenizer: str, strategy: str, out: Path) -> None:
            "vision": {"tiny": VISION, "weights": None},
            "perceiver": {"depth": 2, "heads": 8, "dim_head": 64, "num_latents": 32},
            "cross_attn": {"every_n_layers": 2, "heads": 8, "dim_head": 64}}
-    model = OpenFlamingo.from_config(cfg)
+    model = MODELS.build(cfg)
     run = {"strategy": strategy, "optimizer": "adamw"}
     wrapped = wrap_model(model, run, torch.device("cpu"))
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -19,9 +19,9 @@ from test_flamingo_model import randomize_trainable, tiny_config  # noqa: E402
 from test_lavin_model import greedy_by_full_forward, trained_looking  # noqa: E402
 
 from vlmkit.engine.fsdp import shard_model  # noqa: E402
-from vlmkit.models.flamingo import OpenFlamingo  # noqa: E402
 from vlmkit.models.lavin import LaVIN  # noqa: E402
 from vlmkit.models.tiny import tiny_lavin_config  # noqa: E402
+from vlmkit.registry import MODELS  # noqa: E402
 
 MAX_NEW = 6
 RUN = {"strategy": "fsdp", "optimizer": "adamw"}
@@ -48,7 +48,7 @@ def main() -> None:
     device = torch.device("cpu")
     results = {}
 
-    flamingo = OpenFlamingo.from_config(tiny_config(tokenizer)).eval()
+    flamingo = MODELS.build(tiny_config(tokenizer)).eval()
     randomize_trainable(flamingo)
     batch = make_batch(flamingo, rank, "<image>a photo of")
     if rank == 0:  # rank 0 now finishes within a few tokens, rank 1 only after MAX_NEW

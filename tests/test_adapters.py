@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from vlmkit.errors import ConfigError
-from vlmkit.models.adapters import MMAdapter, _pointwise, dropout_schedule
-from vlmkit.models.clip import CLIPVisionTaps, build_clip_visual
+from vlmkit.models.adapters import MMAdapter as _MMAdapter
+from vlmkit.models.adapters import _pointwise, dropout_schedule
+from vlmkit.models.clip import CLIPVisionTaps, build_clip_vision
 from vlmkit.models.tiny import TINY_CLIP_VISION_CFG
 
 
@@ -16,7 +17,18 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def randomised(adapter: MMAdapter, seed: int = 0) -> MMAdapter:
+def MMAdapter(dim: int, **changes: float) -> _MMAdapter:
+    """An adapter with LaVIN's defaults (vlmkit/configs/models/lavin.yaml) and ``changes``."""
+    from vlmkit.registry import MODELS
+    from vlmkit.schema import defaults_of
+
+    d = defaults_of(MODELS.get("lavin"))
+    args = {"adapter_dim": d.adapter_dim, "scale": d.adapter_scale, "temperature": d.temperature,
+            "dropout": d.adapter_dropout, **changes}
+    return _MMAdapter(dim, **args)
+
+
+def randomised(adapter: _MMAdapter, seed: int = 0) -> _MMAdapter:
     """An adapter whose experts are not zero (as after training), so the routing shows in the output."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -66,7 +78,7 @@ def test_routing_is_per_sample():
 
 def test_clip_adapters_route_per_sample():
     torch.manual_seed(0)
-    visual = build_clip_visual(vision_cfg=TINY_CLIP_VISION_CFG)
+    visual = build_clip_vision("tiny", None, TINY_CLIP_VISION_CFG, "test")
     width, blocks = TINY_CLIP_VISION_CFG["width"], TINY_CLIP_VISION_CFG["layers"]
     taps = CLIPVisionTaps(visual, tap_every=1,
                           adapters=[randomised(MMAdapter(width, temperature=1.0), seed=i) for i in range(blocks)]).eval()
@@ -81,7 +93,7 @@ def test_clip_adapters_route_per_sample():
 
 def test_clip_taps_every_nth_block_cls_token():
     torch.manual_seed(0)
-    visual = build_clip_visual(vision_cfg={**TINY_CLIP_VISION_CFG, "layers": 4}).eval()
+    visual = build_clip_vision("tiny", None, {**TINY_CLIP_VISION_CFG, "layers": 4}, "test").eval()
     images = torch.randn(2, 3, 32, 32)
     taps = CLIPVisionTaps(visual, tap_every=2)
     # reference: open_clip's own transformer, truncated after 2 and 4 blocks, CLS token, no ln_post
@@ -128,3 +140,25 @@ def test_pointwise_matmul_equals_grouped_convolution():
     for conv in (adapter.conv_B, adapter.conv_D):
         assert conv.groups == 2
         assert torch.allclose(_pointwise(conv, hidden.transpose(1, 2)), conv(hidden).transpose(1, 2), atol=1e-6)
+
+
+def test_clip_activation_comes_from_the_open_clip_model_config():
+    """OpenAI's weights need QuickGELU: the default model config says so itself; plain ViT-L-14 does not."""
+    from open_clip.transformer import QuickGELU
+
+    from vlmkit.models.clip import build_clip_vision
+
+    def acts(name: str) -> set[type]:
+        visual = build_clip_vision(name, None, None, "test", load_weights=False)  # structure only, no files
+        return {type(block.mlp.gelu) for block in visual.transformer.resblocks}
+
+    assert acts("ViT-L-14-quickgelu") == {QuickGELU}
+    assert acts("ViT-L-14") == {torch.nn.GELU}
+    for section in ("lavin", "openflamingo"):  # both models default to the QuickGELU config
+        from vlmkit.registry import MODELS
+        from vlmkit.schema import defaults_of
+
+        d = defaults_of(MODELS.get(section))
+        assert (d.clip_name if section == "lavin" else d.vision.model_name) == "ViT-L-14-quickgelu"
+    tiny = build_clip_vision("tiny", None, {**TINY_CLIP_VISION_CFG, "quick_gelu": False}, "test")
+    assert {type(b.mlp.gelu) for b in tiny.transformer.resblocks} == {torch.nn.GELU}

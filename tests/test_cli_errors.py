@@ -117,7 +117,7 @@ def test_debug_shows_traceback(small_data, existing_output):
 
 
 def test_7b_recipe_names_missing_weights(tmp_path, small_data):
-    """The seed's LaVIN-7B recipe on a machine without the weights: one line naming the file and how to get it."""
+    """The LaVIN-7B recipe on a machine without the weights: one line naming the file and how to get it."""
     res = run_tool([str(REPO / "tools/train.py"), "--cfg-path", str(REPO / "projects/lavin/sqa_7b.yaml"), "--options",
                     f"run.output_dir={tmp_path / 'run'}"],
                    env={"VLMKIT_LLAMA_ROOT": str(tmp_path / "llama"), "VLMKIT_SQA_ROOT": str(small_data)})

@@ -34,9 +34,9 @@ def test_defaults_merged_and_overrides(project):
     cfg = load_config(project("a.yaml", BASE), ["run.epochs=3", "model.temperature=5.0"])
     assert cfg.run.epochs == 3 and cfg.run.blr == 9e-3
     assert cfg.model.temperature == 5.0
-    assert cfg.run.batch_size == 4  # from configs/run.yaml
+    assert cfg.run.batch_size == 4  # from vlmkit/configs/run.yaml
     assert cfg.datasets.scienceqa.root == "/data/sqa"
-    assert cfg.datasets.scienceqa.prompt_format == "QCM-ALE"  # from configs/datasets/scienceqa.yaml
+    assert cfg.datasets.scienceqa.prompt_format == "QCM-ALE"  # from vlmkit/configs/datasets/scienceqa.yaml
 
 
 def test_extends_changes_only_given_keys(project):

@@ -11,18 +11,26 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.transforms import ToTensor
 
-from vlmkit.data.fewshot import FewShotDataset, rices_select, save_features, stable_seed, wrap_fewshot
+from vlmkit.data.fewshot import rices_select, save_features, wrap_fewshot
+from vlmkit.io import stable_seed
 from vlmkit.data.synthetic.coco_vqa import write_synthetic_coco, write_synthetic_vqav2
 from vlmkit.data.coco import COCOCaptionBuilder
 from vlmkit.data.vqav2 import VQAv2Builder
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from vlmkit.config import CONFIG_ROOT as CONFIGS  # noqa: E402
 
 
 def cfg_for(name: str, root: Path, **overrides):
     cfg = OmegaConf.load(CONFIGS / "datasets" / f"{name}.yaml")
     cfg.root = str(root)
     return OmegaConf.merge(cfg, overrides)
+
+
+def FewShotDataset(query, demos, **fewshot):
+    """The few-shot wrapper with vqav2.yaml's fewshot defaults and ``fewshot`` changed (keys as in the YAML)."""
+    changes = {k: str(v) if isinstance(v, Path) else v for k, v in fewshot.items()}
+    cfg = OmegaConf.merge(OmegaConf.load(CONFIGS / "datasets" / "vqav2.yaml").fewshot, changes)
+    return wrap_fewshot(query, demos, cfg)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +41,7 @@ def vqa(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_stable_seed_is_the_same_in_another_process() -> None:
-    code = "from vlmkit.data.fewshot import stable_seed; print(stable_seed(42, 1, '12345'))"
+    code = "from vlmkit.io import stable_seed; print(stable_seed(42, 1, '12345'))"
     env = dict(os.environ, PYTHONHASHSEED="123")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
                          cwd=Path(__file__).resolve().parent.parent)

@@ -17,6 +17,7 @@ from test_flamingo_model import eval_batch, images, randomize_trainable, tiny_co
 from vlmkit.models.flamingo import OpenFlamingo
 from vlmkit.models.flamingo.model import _MediaForGeneration
 from vlmkit.models.flamingo.modules import MediaContext, media_text_time
+from vlmkit.registry import MODELS
 
 # Larger than the unit-test model, so that cross-attention to one image or another moves the argmax of most rows.
 MEDIUM_LM = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
@@ -42,7 +43,7 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def model(spm_tokenizer_path: Path) -> OpenFlamingo:
     cfg = tiny_config(spm_tokenizer_path, lm={"tiny": MEDIUM_LM}, cross_attn={"every_n_layers": 1})
-    m = OpenFlamingo.from_config(cfg).eval()
+    m = MODELS.build(cfg).eval()
     randomize_trainable(m, seed=3)
     return m
 

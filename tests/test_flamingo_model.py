@@ -12,11 +12,14 @@ from vlmkit.models.flamingo import (OpenFlamingo, load_openflamingo_checkpoint, 
                                     openflamingo_state_dict, save_openflamingo_checkpoint)
 from vlmkit.models import hf_compat
 from vlmkit.models.flamingo.model import _MediaForGeneration
-from vlmkit.models.flamingo.modules import GatedCrossAttentionBlock, MediaContext, clip_patch_tokens, media_text_time
+from vlmkit.models.clip import clip_patch_tokens
+from vlmkit.models.flamingo.modules import GatedCrossAttentionBlock, MediaContext, media_text_time
+from vlmkit.registry import MODELS
 
 TINY_LM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
            "num_key_value_heads": 4, "tie_word_embeddings": False}
-TINY_VISION = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8, "mlp_ratio": 2.0}
+TINY_VISION = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8, "mlp_ratio": 2.0,
+               "quick_gelu": True}
 SMALL_BLOCKS = {"perceiver": {"depth": 2, "heads": 2, "dim_head": 16, "num_latents": 8},
                 "cross_attn": {"every_n_layers": 2, "heads": 2, "dim_head": 16}}
 
@@ -55,7 +58,7 @@ def randomize_trainable(model: OpenFlamingo, seed: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def model(spm_tokenizer_path: Path) -> OpenFlamingo:
-    model = OpenFlamingo.from_config(tiny_config(spm_tokenizer_path)).eval()
+    model = MODELS.build(tiny_config(spm_tokenizer_path)).eval()
     randomize_trainable(model)
     return model
 
@@ -80,7 +83,7 @@ def logits(model: OpenFlamingo, batch: dict) -> torch.Tensor:
 
 def test_cross_attention_before_every_nth_layer(spm_tokenizer_path: Path) -> None:
     for every, expected in ((1, [0, 1, 2, 3]), (2, [1, 3]), (4, [3])):
-        m = OpenFlamingo.from_config(tiny_config(spm_tokenizer_path, cross_attn={"every_n_layers": every}))
+        m = MODELS.build(tiny_config(spm_tokenizer_path, cross_attn={"every_n_layers": every}))
         placed = [i for i, layer in enumerate(m.lang_encoder.model.layers) if layer.gated_cross_attn_layer is not None]
         assert placed == expected
         assert sum(isinstance(x, GatedCrossAttentionBlock) for x in m.modules()) == len(expected)
@@ -89,7 +92,7 @@ def test_cross_attention_before_every_nth_layer(spm_tokenizer_path: Path) -> Non
 def test_zero_gates_give_the_bare_language_model(spm_tokenizer_path: Path, lm_dir: Path) -> None:
     from transformers import LlamaForCausalLM
 
-    m = OpenFlamingo.from_config(tiny_config(spm_tokenizer_path, lm_dir)).eval()
+    m = MODELS.build(tiny_config(spm_tokenizer_path, lm_dir)).eval()
     bare = LlamaForCausalLM.from_pretrained(str(lm_dir)).eval()
     bare.resize_token_embeddings(m.tokens.base_vocab + m.tokens.n_new)
     with torch.no_grad():  # give the bare LM the rows of the added tokens
@@ -135,7 +138,7 @@ def test_cross_attention_mask_per_image(model: OpenFlamingo) -> None:
 
 def test_attend_to_all_previous_images_mode(spm_tokenizer_path: Path) -> None:
     cfg = tiny_config(spm_tokenizer_path, cross_attn={"only_attend_immediate_media": False})
-    m = OpenFlamingo.from_config(cfg).eval()
+    m = MODELS.build(cfg).eval()
     randomize_trainable(m)
     a, b, c = images(3)
     batch = eval_batch(m, [(TWO_IMAGE_PROMPT, [a, b])])
@@ -200,7 +203,7 @@ def test_beam_search_is_batch_independent(model: OpenFlamingo) -> None:
 
 
 def test_only_new_token_rows_perceiver_and_cross_attention_train(spm_tokenizer_path: Path) -> None:
-    m = OpenFlamingo.from_config(tiny_config(spm_tokenizer_path)).train()
+    m = MODELS.build(tiny_config(spm_tokenizer_path)).train()
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in m.named_parameters() if n.startswith("perceiver.")
                          or ".gated_cross_attn_layer." in n or n.endswith("embed_tokens.new_weight")}
@@ -254,14 +257,14 @@ def test_checkpoint_round_trip_in_openflamingo_layout(model: OpenFlamingo, spm_t
     assert all(k.startswith("perceiver.") or ".gated_cross_attn_layer." in k or k == embed for k in state)
     batch = eval_batch(model, [(TWO_IMAGE_PROMPT, images(2))])
     for name in ("checkpoint.pt", "checkpoint.safetensors"):
-        fresh = OpenFlamingo.from_config(tiny_config(spm_tokenizer_path)).eval()
+        fresh = MODELS.build(tiny_config(spm_tokenizer_path)).eval()
         report = load_openflamingo_checkpoint(fresh, save_openflamingo_checkpoint(model, tmp_path / name))
         assert report.missing == [] and report.unexpected == []
         frozen = {n for n, p in fresh.named_parameters() if not p.requires_grad}
         assert set(report.frozen_absent) == frozen - set(report.loaded)  # what the file lacks is frozen
         assert frozen - set(report.loaded) == frozen - {embed}  # (the frozen rows of embed_tokens come with it)
         torch.testing.assert_close(logits(fresh, batch), logits(model, batch), rtol=0, atol=0)
-    fresh = OpenFlamingo.from_config(tiny_config(spm_tokenizer_path)).eval()  # vlmkit's own layout
+    fresh = MODELS.build(tiny_config(spm_tokenizer_path)).eval()  # vlmkit's own layout
     fresh.load_trainable_state_dict(model.trainable_state_dict())
     torch.testing.assert_close(logits(fresh, batch), logits(model, batch), rtol=0, atol=0)
 
@@ -273,10 +276,10 @@ def test_checkpoint_module_prefix_and_v1_duplicates(model: OpenFlamingo, spm_tok
         if ".gated_cross_attn_layer." in k:
             index, rest = k.removeprefix("lang_encoder.model.layers.").split(".gated_cross_attn_layer.")
             v1[f"module.lang_encoder.gated_cross_attn_layers.{index}.{rest}"] = v.clone()
-    fresh = OpenFlamingo.from_config(tiny_config(spm_tokenizer_path)).eval()
+    fresh = MODELS.build(tiny_config(spm_tokenizer_path)).eval()
     assert load_openflamingo_state_dict(fresh, v1).missing == []
     only_v1 = {k: v for k, v in v1.items() if ".model.layers." not in k}  # the duplicates alone are enough
-    fresh = OpenFlamingo.from_config(tiny_config(spm_tokenizer_path)).eval()
+    fresh = MODELS.build(tiny_config(spm_tokenizer_path)).eval()
     load_openflamingo_state_dict(fresh, only_v1)
     batch = eval_batch(model, [(TWO_IMAGE_PROMPT, images(2))])
     torch.testing.assert_close(logits(fresh, batch), logits(model, batch), rtol=0, atol=0)
@@ -311,7 +314,7 @@ def test_full_reference_style_state_dict_loads_frozen_parts_too(model: OpenFlami
     for k in [k for k in full if ".decoder_layer." in k]:
         index, rest = k.removeprefix("lang_encoder.model.layers.").split(".decoder_layer.")
         full[f"lang_encoder.old_decoder_blocks.{index}.{rest}"] = full[k]
-    other = OpenFlamingo.from_config(tiny_config(spm_tokenizer_path, init_seed=1)).eval()
+    other = MODELS.build(tiny_config(spm_tokenizer_path, init_seed=1)).eval()
     with torch.no_grad():
         other.lang_encoder.model.norm.weight.mul_(2)  # a frozen tensor that only the full file restores
     report = load_openflamingo_state_dict(other, full)
@@ -338,16 +341,16 @@ def test_missing_files_say_how_to_obtain(spm_tokenizer_path: Path, tmp_path: Pat
     cfg = tiny_config(spm_tokenizer_path)
     cfg["lm"] = {"path": "huggyllama/llama-7b", "tokenizer": str(spm_tokenizer_path)}
     with pytest.raises(DataError, match="language model directory.*not found: huggyllama/llama-7b.*how to obtain"):
-        OpenFlamingo.from_config(cfg)
+        MODELS.build(cfg)
     cfg = tiny_config(spm_tokenizer_path, vision={"weights": str(tmp_path / "clip.safetensors")})
     with pytest.raises(DataError, match="CLIP vision weights not found.*timm/vit_large_patch14_clip_224.openai"):
-        OpenFlamingo.from_config(cfg)
+        MODELS.build(cfg)
 
 
 def test_lora_and_8bit_language_model_train_one_step(spm_tokenizer_path: Path, lm_dir: Path) -> None:
     pytest.importorskip("bitsandbytes")
     cfg = tiny_config(spm_tokenizer_path, lm_dir, lora={"enabled": True}, lm={"quantization": "8bit"})
-    m = OpenFlamingo.from_config(cfg).train()
+    m = MODELS.build(cfg).train()
     lora = {n for n, p in m.named_parameters() if p.requires_grad and ".lora_" in n}
     assert lora and all(".q_proj." in n or ".v_proj." in n for n in lora)
     before = {n: p.detach().clone() for n, p in m.named_parameters() if n in lora}
@@ -366,7 +369,7 @@ def test_lora_and_8bit_language_model_train_one_step(spm_tokenizer_path: Path, l
 def test_gradient_checkpointing_gives_the_same_gradients(spm_tokenizer_path: Path) -> None:
     grads = []
     for enabled in (False, True):
-        m = OpenFlamingo.from_config(tiny_config(spm_tokenizer_path, gradient_checkpointing=enabled))
+        m = MODELS.build(tiny_config(spm_tokenizer_path, gradient_checkpointing=enabled))
         assert all(layer.gradient_checkpointing == enabled for layer in m.flamingo_layers())
         randomize_trainable(m)
         m.train()
@@ -380,7 +383,6 @@ def test_config_file_defaults_and_fsdp_classes(spm_tokenizer_path: Path, tmp_pat
     from omegaconf import OmegaConf
 
     from vlmkit.config import load_config
-    from vlmkit.registry import MODELS
 
     project = tmp_path / "p.yaml"
     project.write_text(OmegaConf.to_yaml({"model": tiny_config(spm_tokenizer_path), "run": {"task": None}}))

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from vlmkit.models.flamingo import OpenFlamingo, load_openflamingo_checkpoint, save_openflamingo_checkpoint
+from vlmkit.registry import MODELS
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = Path(os.environ.get("VLMKIT_REFERENCE_DIR", REPO / ".reference" / "open_flamingo"))
@@ -50,10 +51,11 @@ def reference(tmp_path_factory: pytest.TempPathFactory, spm_tokenizer_path: Path
 def build_vlmkit(reference: dict, tokenizer: Path) -> OpenFlamingo:
     """vlmkit's model from the reference's files: its LM directory and its open_clip state dict."""
     out, meta = reference["out"], reference["meta"]
-    cfg = {"lm": {"path": str(out / "lm"), "tokenizer": str(tokenizer)},
-           "vision": {"tiny": {**meta["vision_cfg"], "embed_dim": meta["embed_dim"]}, "weights": str(out / "clip.pt")},
+    cfg = {"arch": "openflamingo", "lm": {"path": str(out / "lm"), "tokenizer": str(tokenizer)},
+           "vision": {"tiny": {**meta["vision_cfg"], "embed_dim": meta["embed_dim"], "quick_gelu": True},
+                      "weights": str(out / "clip.pt")},
            "cross_attn": {"every_n_layers": meta["cross_attn_every_n_layers"]}}
-    return OpenFlamingo.from_config(cfg).eval()
+    return MODELS.build(cfg).eval()
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

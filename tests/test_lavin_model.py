@@ -237,11 +237,11 @@ def test_quantized_backbone_trains_adapters(llama_root):
 def test_clip_weights_load_from_a_local_file_only(llama_root, tmp_path):
     from safetensors.torch import save_file
 
-    from vlmkit.models.clip import build_clip_visual
+    from vlmkit.models.clip import build_clip_vision
     from vlmkit.models.tiny import TINY_CLIP_VISION_CFG
 
     torch.manual_seed(5)
-    source = build_clip_visual(vision_cfg=TINY_CLIP_VISION_CFG)
+    source = build_clip_vision("tiny", None, TINY_CLIP_VISION_CFG, "test")
     path = tmp_path / "open_clip_model.safetensors"  # open_clip's full-model key layout: "visual.*" (+ text keys)
     save_file({**{f"visual.{k}": v for k, v in source.state_dict().items()}, "logit_scale": torch.ones(())}, str(path))
     lavin = build(llama_root, clip_weights=str(path))
@@ -249,7 +249,7 @@ def test_clip_weights_load_from_a_local_file_only(llama_root, tmp_path):
     for key, value in source.state_dict().items():
         if key in loaded:  # ln_post / proj are dropped: LaVIN does not use them
             assert torch.equal(loaded[key], value), key
-    with pytest.raises(DataError, match=rf"CLIP ViT-L-14 weights not found: {tmp_path / 'nope.safetensors'} .*timm/"):
+    with pytest.raises(DataError, match=rf"CLIP vision weights not found: {tmp_path / 'nope.safetensors'} .*timm/"):
         build(llama_root, clip_weights=str(tmp_path / "nope.safetensors"))
     scripted = tmp_path / "ViT-L-14.pt"  # OpenAI's TorchScript format is refused with the conversion command
     with warnings.catch_warnings():  # torch.jit is deprecated; OpenAI's file is still in its format
@@ -257,3 +257,28 @@ def test_clip_weights_load_from_a_local_file_only(llama_root, tmp_path):
         torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), str(scripted))
     with pytest.raises(CheckpointError, match=r"TorchScript.*python -m vlmkit.models.clip"):
         build(llama_root, clip_weights=str(scripted))
+
+
+def test_generation_goes_through_transformers_with_the_kv_cache(model):
+    """One prompt pass, then one token per step (the cache is used); beam search and sampling come from transformers,
+    and the cached beams equal beam search that recomputes the whole sequence."""
+    batch = model.collator(train=False)(samples())
+    lengths: list[int] = []
+
+    def record(module, args, kwargs):
+        lengths.append(kwargs["inputs_embeds"].shape[1])
+
+    handle = model.llm.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        greedy = model.generate(batch, max_new_tokens=5)
+    finally:
+        handle.remove()
+    assert lengths[0] == batch["input_ids"].shape[1] and set(lengths[1:]) == {1}, lengths
+    beams = model.generate(batch, max_new_tokens=5, num_beams=3)
+    assert beams == model.generate(batch, max_new_tokens=5, num_beams=3, use_cache=False)
+    assert len(beams) == 3 and all(isinstance(t, str) for t in beams) and beams != ["", "", ""]
+    torch.manual_seed(0)
+    sampled = model.generate(batch, max_new_tokens=5, temperature=1.0, top_p=0.9)
+    torch.manual_seed(0)
+    assert sampled == model.generate(batch, max_new_tokens=5, temperature=1.0, top_p=0.9)
+    assert greedy == model.generate(batch, max_new_tokens=5, temperature=0.0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from vlmkit.data.scienceqa import ScienceQABuilder, ScienceQADataset
+from vlmkit.data.scienceqa import ScienceQADataset
 from vlmkit.data.synthetic import write_synthetic_scienceqa
 from vlmkit.errors import ConfigError, DataError
 from vlmkit.registry import DATASETS, TASKS
@@ -67,7 +67,7 @@ def test_defaults_yaml_and_registered_builder(sqa_root, monkeypatch):
     OmegaConf.resolve(ds_cfg)
     assert ds_cfg.root == str(sqa_root)  # the root comes from the environment when the YAML gives none
     assert ds_cfg.prompt_format == "QCM-ALE" and ds_cfg.use_caption is False and ds_cfg.caption_file is None
-    ds = DATASETS.get("scienceqa").build_split(ds_cfg, "val")
+    ds = DATASETS.build_named("scienceqa", ds_cfg).build("val")
     assert isinstance(ds, ScienceQADataset) and len(ds) == 10 and ds[0]["target"] == ""
 
 
@@ -77,7 +77,7 @@ def test_missing_files_name_path_and_remedy(sqa_copy):
     with pytest.raises(DataError, match=r"captions.json not found: .*captions\.json"):
         ScienceQADataset(sqa_copy, "train", use_caption=True)
     (sqa_copy / "problems.json").unlink()
-    with pytest.raises(DataError, match=r"ScienceQA problems.json not found: .*problems\.json .*prepare_data.py"):
+    with pytest.raises(DataError, match=r"ScienceQA problems.json not found: .*problems\.json .*vlmkit prepare-data"):
         ScienceQADataset(sqa_copy, "train")
     shutil.copy(sqa_copy / "pid_splits.json", sqa_copy / "problems.json")
     (sqa_copy / "pid_splits.json").unlink()
@@ -114,7 +114,7 @@ def test_split_errors(sqa_copy):
     with pytest.raises(DataError, match=r"split 'tset' is not in .*\(it has: train, val, test"):
         ScienceQADataset(sqa_copy, "tset")
     (sqa_copy / "problems.json").write_text("{not json")
-    with pytest.raises(DataError, match=r"cannot read ScienceQA problems.json"):
+    with pytest.raises(DataError, match=r"ScienceQA problems.json is not valid JSON"):
         ScienceQADataset(sqa_copy, "train")
 
 
@@ -144,8 +144,12 @@ def test_task_builds_train_and_eval_datasets(sqa_root):
     image_sample = next(test[i] for i in range(len(test)) if test[i]["images"])
     assert torch.equal(image_sample["images"][0], torch.zeros(3, 2, 2))
     assert isinstance(task.build_evaluator("scienceqa", "test", test), ScienceQAEvaluator)
-    with pytest.raises(ConfigError, match="lacks 'caption_file'"):
-        ScienceQABuilder.build_split({"root": str(sqa_root), "prompt_format": "QCM-A", "use_caption": False}, "val")
+    # Built through the registry, a partial section takes the defaults (caption_file: null) and a typo is an error.
+    partial = {"root": str(sqa_root), "prompt_format": "QCM-A", "use_caption": False}
+    assert len(DATASETS.build_named("scienceqa", partial, "datasets.scienceqa").build("val")) == 10
+    with pytest.raises(ConfigError, match="unknown config key 'datasets.scienceqa.caption_fle'.*did you mean "
+                                          "'datasets.scienceqa.caption_file'"):
+        DATASETS.build_named("scienceqa", {**partial, "caption_fle": None}, "datasets.scienceqa")
 
 
 def _evaluator_and_outputs(sqa_root):

@@ -16,7 +16,7 @@ from vlmkit.data.synthetic.coco_vqa import write_synthetic_coco, write_synthetic
 from vlmkit.data.vqav2 import VQAv2Builder
 from vlmkit.errors import DataError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from vlmkit.config import CONFIG_ROOT as CONFIGS  # noqa: E402
 
 
 def cfg_for(name: str, root: Path, **overrides):
@@ -76,7 +76,7 @@ def test_coco_shards_round_trip_via_cli_entry(tmp_path: Path) -> None:
 
 def test_bad_shards(tmp_path: Path) -> None:
     root = write_synthetic_vqav2(tmp_path / "raw", n_train_images=2, n_val_images=1)
-    with pytest.raises(DataError, match="webdataset shards? not found: .*prepare_data.py shards"):
+    with pytest.raises(DataError, match="webdataset shards? not found: .*prepare-data shards"):
         VQAv2Builder(cfg_for("vqav2", root, shards=str(tmp_path / "none-{0..1}.tar"))).build("val", None, False)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "val-000000.tar").write_bytes(b"not a tar file at all" * 10)
@@ -92,7 +92,7 @@ def test_bad_shards(tmp_path: Path) -> None:
     data[offset:offset + 64] = b"\0" * 64
     shard.write_bytes(bytes(data))
     ds = VQAv2Builder(cfg_for("vqav2", root, shards=str(tmp_path / "ok"))).build("val", None, False)
-    with pytest.raises(DataError, match=r"cannot read image val2014/COCO_val2014_000000000003.jpg in shard .*val-000000"):
+    with pytest.raises(DataError, match=r"cannot decode image val2014/COCO_val2014_000000000003.jpg in shard .*val-000000"):
         ds[0]
     meta = json.loads(tarfile.open(shard).extractfile("val_000000000.json").read())
     assert meta["split"] == "val" and len(meta["records"]) == 3

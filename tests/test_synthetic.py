@@ -1,5 +1,4 @@
 """Synthetic ScienceQA generator, tokenizer trainer and tools/prepare_data.py synthetic-scienceqa."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,10 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_prepare_data():
-    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "tools" / "prepare_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from vlmkit import prepare_data
+
+    return prepare_data
 
 
 @pytest.fixture(scope="module")

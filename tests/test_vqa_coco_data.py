@@ -18,7 +18,7 @@ from vlmkit.errors import ConfigError, DataError
 from vlmkit.registry import DATASETS, TASKS
 from vlmkit.tasks.generative import postprocess_generation
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from vlmkit.config import CONFIG_ROOT as CONFIGS  # noqa: E402
 IMAGE_TAG, CHUNK_END = "<image>", "<|endofchunk|>"
 
 
@@ -146,7 +146,7 @@ def test_corrupt_image_names_the_file(tmp_path: Path) -> None:
     bad = root / "val2014" / "COCO_val2014_000000000003.jpg"
     bad.write_bytes(bad.read_bytes()[:40])
     ds = VQAv2Builder(dataset_cfg("vqav2", root)).build("val", None, False)
-    with pytest.raises(DataError, match="cannot read image .*COCO_val2014_000000000003.jpg"):
+    with pytest.raises(DataError, match="cannot decode image .*COCO_val2014_000000000003.jpg"):
         ds[0]
 
 

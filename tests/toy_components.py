@@ -7,7 +7,7 @@ it quickly and accuracy is a meaningful signal.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from vlmkit.errors import DataError
 from vlmkit.models.base import VLModel
+from vlmkit.data.builder import DatasetBuilder
 from vlmkit.registry import DATASETS, MODELS, TASKS
 from vlmkit.tasks.base import Evaluator, Task
 
@@ -42,11 +43,11 @@ class ToyPoints(Dataset):
 
 
 @DATASETS.register("toy_points")
-class ToyPointsBuilder:
+class ToyPointsBuilder(DatasetBuilder):
     """``datasets.toy_points``: ``sizes`` {split: n}, ``dim``, ``num_classes``, ``seed``, ``nan_ids`` (train indices)."""
 
-    @staticmethod
-    def build_split(cfg: Mapping[str, Any], split: str) -> ToyPoints:
+    def build(self, split: str, image_transform: Any = None, train: bool = False) -> ToyPoints:
+        cfg = self.cfg
         sizes = dict(cfg.get("sizes") or {"train": 64, "val": 32, "test": 32})
         if split not in sizes:
             raise DataError(f"toy_points has no split '{split}' (it has: {', '.join(sizes)})")
@@ -119,10 +120,10 @@ class ToyClassification(Task):
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
 
-    def build_datasets(self, model: Any) -> dict[str, dict[str, Dataset]]:
-        run = self.cfg.run
-        splits = dict.fromkeys([*run.train_splits, *run.val_splits, *run.test_splits])
-        return {name: {split: DATASETS.get(name).build_split(dcfg, split) for split in splits}
+    def build_datasets(self, model: Any, splits: Sequence[str] | None = None,
+                       train: Sequence[str] | None = None) -> dict[str, dict[str, Dataset]]:
+        splits, _ = self.run_splits(splits, train)
+        return {name: {split: DATASETS.build_named(name, dcfg).build(split) for split in splits}
                 for name, dcfg in self.cfg.datasets.items()}
 
     def build_evaluator(self, dataset_name: str, split: str, dataset: Dataset) -> Evaluator:

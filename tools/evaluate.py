@@ -1,11 +1,8 @@
 #!/usr/bin/env python
-"""Evaluate a model: `[torchrun ...] tools/evaluate.py --cfg-path <yaml> [--checkpoint FILE] [--split test]`."""
-import os
-import sys
+"""Evaluate a model: `[torchrun ...] tools/evaluate.py --cfg-path <yaml> [--checkpoint F] [--split S] [--shots N ...]`.
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout without install
-
-from vlmkit.cli import entry, evaluate_main  # noqa: E402
+The same as `vlmkit evaluate ...` (vlmkit must be installed: `pip install -e .`)."""
+from vlmkit.cli import entry, evaluate_main
 
 if __name__ == "__main__":
     entry(evaluate_main)

@@ -1,4 +1,6 @@
-"""Command-line entry points behind tools/*.py: argument parsing and the one-line error contract.
+"""The ``vlmkit`` command and the entry points behind tools/*.py: argument parsing and the one-line error contract.
+
+    vlmkit train | evaluate | prepare-data | score | list   (``vlmkit COMMAND --help`` for each)
 
 A user error (:class:`vlmkit.errors.VlmkitError`) prints ``error: <message>`` on stderr and exits with status 2; with
 ``--debug`` the traceback is shown instead. Under torchrun every rank reaches the same error; only rank 0 prints it.
@@ -6,10 +8,12 @@ A user error (:class:`vlmkit.errors.VlmkitError`) prints ``error: <message>`` on
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib
 import os
 import sys
-import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from vlmkit.errors import VlmkitError
 
@@ -38,8 +42,12 @@ def guarded(main: Callable[[argparse.Namespace], int], args: argparse.Namespace)
         return 130
 
 
-def train_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train (and evaluate) a model from a project YAML.")
+LIST_HINT = "registered models, tasks, datasets and schedulers: `vlmkit list`"
+
+
+def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Train (and evaluate) a model from a project YAML.",
+                                     epilog=LIST_HINT)
     _common(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue from <run.output_dir>/checkpoints/last.pt")
@@ -56,8 +64,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     return guarded(run, args)
 
 
-def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Evaluate a model (optionally with trained weights) on dataset splits.")
+def evaluate_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, epilog=LIST_HINT,
+                                     description="Evaluate a model (optionally with trained weights) on dataset splits.")
     _common(parser)
     parser.add_argument("--checkpoint", default=None,
                         help="trained weights: model.safetensors, checkpoints/*.pt or an OpenFlamingo checkpoint.pt")
@@ -90,6 +99,87 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     return guarded(run, args)
 
 
-def entry(main: Callable[[Sequence[str] | None], int]) -> None:
+#: Kind name (as typed after ``vlmkit list``) → (registry attribute, defaults folder under vlmkit/configs or None).
+LIST_KINDS = {"models": ("MODELS", "models"), "tasks": ("TASKS", None), "datasets": ("DATASETS", "datasets"),
+              "schedulers": ("SCHEDULERS", None), "hooks": ("HOOKS", None), "processors": ("PROCESSORS", None)}
+
+
+def _summary(obj: object) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else "(no description)"
+
+
+def list_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="List the registered components with their defaults file.")
+    parser.add_argument("kinds", nargs="*", metavar="KIND",
+                        help=f"what to list: {', '.join(LIST_KINDS)} (default: all)")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import a module that registers components first (repeatable)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for user errors")
+    args = parser.parse_args(argv)
+
+    def run(a: argparse.Namespace) -> int:
+        from vlmkit import registry
+        from vlmkit.config import CONFIG_ROOT
+        from vlmkit.errors import ConfigError
+
+        unknown = [k for k in a.kinds if k not in LIST_KINDS]
+        if unknown:
+            raise ConfigError(f"vlmkit list: unknown kind '{unknown[0]}'; choose from {', '.join(LIST_KINDS)}")
+        registry.import_modules(a.imports)
+        for kind in a.kinds or list(LIST_KINDS):
+            attr, folder = LIST_KINDS[kind]
+            reg = getattr(registry, attr)
+            print(f"{kind}:")
+            for name in reg.names():
+                defaults = CONFIG_ROOT / folder / f"{name}.yaml" if folder else None
+                where = f"  [defaults: {defaults}]" if defaults is not None and defaults.is_file() else ""
+                print(f"  {name:<16} {_summary(reg.get(name))}{where}")
+        return 0
+
+    return guarded(run, args)
+
+
+#: ``vlmkit COMMAND``: (one-line description, "module:function" taking (argv, prog)).
+COMMANDS = {
+    "train": ("train (and evaluate) a model from a project YAML", "vlmkit.cli:train_main"),
+    "evaluate": ("evaluate a model on dataset splits; few-shot sweeps with --shots", "vlmkit.cli:evaluate_main"),
+    "prepare-data": ("generate synthetic datasets in the official layouts, or write shards", "vlmkit.prepare_data:main"),
+    "score": ("score a results file with the official rules (scienceqa, vqa, caption)", "vlmkit.metrics.__main__:main"),
+    "list": ("list registered models, tasks, datasets, schedulers, hooks, processors", "vlmkit.cli:list_main"),
+}
+
+
+def _usage() -> str:
+    rows = "\n".join(f"  {name:<13} {summary}" for name, (summary, _) in COMMANDS.items())
+    return f"usage: vlmkit COMMAND [ARGS...]\n\ncommands:\n{rows}\n\n`vlmkit COMMAND --help` shows a command's options."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``vlmkit`` console command: dispatch to a subcommand, which parses its own arguments."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage(), file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
+    if args[0] == "--version":
+        from vlmkit import __version__
+
+        print(f"vlmkit {__version__}")
+        return 0
+    if args[0] not in COMMANDS:
+        close = difflib.get_close_matches(args[0], list(COMMANDS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        print(f"error: unknown command '{args[0]}'{hint} commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module, function = COMMANDS[args[0]][1].split(":")
+    return getattr(importlib.import_module(module), function)(args[1:], prog=f"vlmkit {args[0]}")
+
+
+def console() -> None:
+    """The installed ``vlmkit`` script (setup.py entry point)."""
+    sys.exit(main())
+
+
+def entry(main: Callable[..., int]) -> None:
     """Used by tools/*.py: run and exit with its status."""
-    sys.exit(main(None))
+    sys.exit(main(None, prog=Path(sys.argv[0]).name))

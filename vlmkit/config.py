@@ -4,18 +4,21 @@ A project YAML has three sections::
 
     extends: ../lavin/sqa_7b.yaml      # optional: a base project this one changes (a path, or a list of paths);
                                        # `datasets: {name: null}` drops a dataset the base uses
-    model:    {arch: lavin, ...}       # over configs/models/<arch>.yaml
-    datasets: {scienceqa: {...}}       # each over configs/datasets/<name>.yaml
-    run:      {task: scienceqa, ...}   # over configs/run.yaml
+    model:    {arch: lavin, ...}       # over vlmkit/configs/models/<arch>.yaml
+    datasets: {scienceqa: {...}}       # each over vlmkit/configs/datasets/<name>.yaml
+    run:      {task: scienceqa, ...}   # over vlmkit/configs/run.yaml
 
-Each default lives in exactly one place: the component's YAML under ``configs/``. A key that is not in the defaults is
-rejected with its dotted path and the closest known key; a value whose type differs from the default's is rejected too
-(ints are accepted for floats; a ``null`` default accepts any value). Values may use OmegaConf interpolation, e.g.
-``${oc.env:VLMKIT_DATA,data}/scienceqa`` to read a path from the environment.
+Each default lives in exactly one place: ``vlmkit/configs/run.yaml`` for the run, and for every registered component
+(model, dataset, scheduler, hook) its ``default_config`` — a YAML under ``vlmkit/configs/`` for the built-ins, a mapping
+on a user's class (:mod:`vlmkit.schema`). A key that is not in the defaults is rejected with its dotted path and the
+closest known key; a value whose type differs from the default's is rejected too (ints are accepted for floats; a
+``null`` default accepts any value). ``run.scheduler`` is checked against the schedule it names, each ``run.hooks``
+entry against its hook. Values may use OmegaConf interpolation, e.g. ``${oc.env:VLMKIT_DATA,data}/scienceqa``.
 """
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,22 +27,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vlmkit.errors import ConfigError
-from vlmkit.registry import MODELS, import_modules
+from vlmkit.registry import DATASETS, HOOKS, MODELS, SCHEDULERS, import_modules
+from vlmkit.schema import CONFIG_ROOT, check_keys, defaults_of, read_yaml, with_defaults
 
 SECTIONS = ("model", "datasets", "run")
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
-
-
-def _read_yaml(path: Path) -> DictConfig:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as e:  # yaml's own errors carry line numbers; keep them on one line
-        raise ConfigError(f"cannot parse {path}: {' '.join(str(e).split())}") from e
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"{path} must hold a mapping with sections {', '.join(SECTIONS)}")
-    return cfg
+#: Keys of run.scheduler that every schedule takes; the rest are the named schedule's own (its default_config).
+COMMON_SCHEDULER_KEYS = ("name", "warmup_epochs", "warmup_steps")
 
 
 def load_project(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
@@ -47,7 +40,7 @@ def load_project(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"{path} extends itself through {' -> '.join(str(p) for p in _seen)}")
-    cfg = _read_yaml(path)
+    cfg = read_yaml(path)
     parents = cfg.pop("extends", None)
     if parents is None:
         return cfg
@@ -59,62 +52,64 @@ def load_project(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
 
 
 def defaults_for(section: str, name: str | None = None) -> DictConfig | None:
-    """The defaults of one component: ``configs/run.yaml``, ``configs/models/<arch>.yaml``, ``configs/datasets/<name>.yaml``.
-
-    A model registered outside vlmkit may carry its defaults as a ``default_config`` mapping on its class instead.
-    Returns None when a component has no defaults (its keys are then passed through unchecked).
-    """
+    """The defaults of one component: ``vlmkit/configs/run.yaml`` for ``run``, else the registered model's or dataset
+    builder's ``default_config`` (see :mod:`vlmkit.schema`); None when it declares none (keys pass unchecked)."""
     if section == "run":
-        return _read_yaml(CONFIG_ROOT / "run.yaml")
-    sub = {"model": "models", "datasets": "datasets"}[section]
-    path = CONFIG_ROOT / sub / f"{name}.yaml"
-    if path.is_file():
-        return _read_yaml(path)
-    if section == "model":
-        entry = MODELS.get(name)
-        if getattr(entry, "default_config", None) is not None:
-            return OmegaConf.create({"arch": name, **dict(entry.default_config)})
-    return None
+        return read_yaml(CONFIG_ROOT / "run.yaml")
+    registry = {"model": MODELS, "datasets": DATASETS}[section]
+    defaults = defaults_of(registry.get(name))
+    if section == "model" and defaults is not None and "arch" not in defaults:
+        defaults["arch"] = name  # a user's default_config need not repeat its own name
+    return defaults
 
 
-def _type_ok(default: Any, value: Any) -> bool:
-    if default is None or value is None:
-        return True
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    if isinstance(default, (int, str)):
-        return isinstance(value, type(default))
-    if isinstance(default, (list, ListConfig)):
-        return isinstance(value, (list, ListConfig))
-    if isinstance(default, (dict, DictConfig)):
-        return isinstance(value, (dict, DictConfig))
-    return True
+def _scheduler(run_defaults: DictConfig, given: Any, source: str) -> DictConfig:
+    """``run.scheduler``: the common keys (run.yaml) ⊕ the named schedule's own ``default_config``."""
+    common = run_defaults.scheduler
+    given = OmegaConf.create({}) if given is None else given
+    name = given.get("name", common.name)
+    defaults = OmegaConf.merge(common, defaults_of(SCHEDULERS.get(name)) or {})
+    return with_defaults(defaults, given, "run.scheduler", source)
 
 
-def _validate(defaults: DictConfig, given: DictConfig, where: str, source: str) -> None:
-    """Reject keys of ``given`` that ``defaults`` lacks and values whose type differs. An empty default mapping is open."""
-    if len(defaults) == 0:
+def _hooks(entries: Any, source: str) -> ListConfig:
+    """``run.hooks``: each entry ``{type: <HOOKS name>, ...}`` checked against (and merged over) that hook's defaults."""
+    checked = []
+    for i, entry in enumerate(entries or []):
+        where = f"run.hooks[{i}]"
+        if not isinstance(entry, (dict, DictConfig)) or "type" not in entry:
+            raise ConfigError(f"{where} in {source} must be a mapping with a 'type' key (one of: "
+                              f"{', '.join(HOOKS.names())}), got {entry!r}")
+        defaults = defaults_of(HOOKS.get(str(entry["type"])))
+        if defaults is not None:
+            defaults["type"] = entry["type"]
+        checked.append(with_defaults(defaults, entry, where, source))
+    return OmegaConf.create(checked)  # type: ignore[return-value]
+
+
+def _generate_options(arch: str, given: Any, source: str) -> None:
+    """``run.generate`` keys must be parameters of the model's ``generate`` (any key when it takes ``**kwargs``)."""
+    generate = getattr(MODELS.get(arch), "generate", None)
+    if generate is None or not given:
         return
-    for key in given.keys():
-        dotted = f"{where}.{key}"
-        if key not in defaults:
-            close = difflib.get_close_matches(str(key), [str(k) for k in defaults.keys()], n=1, cutoff=0.6)
-            hint = f"; did you mean '{where}.{close[0]}'?" if close else f"; known keys: {', '.join(map(str, defaults.keys()))}"
-            raise ConfigError(f"unknown config key '{dotted}' in {source}{hint}")
-        d = OmegaConf.to_container(defaults, resolve=False)[key]
-        g = given._get_node(key)
-        g_val = g._value() if g is not None else None
-        if isinstance(g_val, str) and g_val.startswith("${"):
-            continue  # interpolations are checked after resolution by the component that reads them
-        g_plain = OmegaConf.to_container(given, resolve=True)[key] if not isinstance(g_val, str) else g_val
-        if not _type_ok(d, g_plain):
-            raise ConfigError(
-                f"config key '{dotted}' in {source} must be {type(d).__name__} (like its default {d!r}), got {g_plain!r}"
-            )
-        if isinstance(d, dict) and isinstance(given[key], DictConfig):
-            _validate(defaults[key], given[key], dotted, source)
+    params = inspect.signature(generate).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [n for n, p in params.items() if n not in ("self", "batch", "synced_gpus")
+               and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for key in given:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            hint = f"; did you mean 'run.generate.{close[0]}'?" if close else f"; it takes: {', '.join(allowed)}"
+            raise ConfigError(f"unknown config key 'run.generate.{key}' in {source}: model '{arch}' generate() has no "
+                              f"such parameter{hint}")
+
+
+def _parse_options(options: Sequence[str]) -> DictConfig:
+    try:
+        return OmegaConf.from_dotlist(list(options))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad --options {list(options)}: {' '.join(str(e).split())}") from e
 
 
 def load_config(path: str | Path, options: Sequence[str] = (), imports: Iterable[str] = ()) -> DictConfig:
@@ -123,10 +118,7 @@ def load_config(path: str | Path, options: Sequence[str] = (), imports: Iterable
     unknown = [k for k in project.keys() if k not in SECTIONS]
     if unknown:
         raise ConfigError(f"unknown section '{unknown[0]}' in {path}; a project has only: {', '.join(SECTIONS)} (and extends)")
-    try:
-        given = OmegaConf.merge(project, OmegaConf.from_dotlist(list(options)))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad --options {list(options)}: {' '.join(str(e).split())}") from e
+    given = OmegaConf.merge(project, _parse_options(options))
     source = f"{path}" + (" / --options" if options else "")
     for key in given.keys():
         if key not in SECTIONS:
@@ -134,33 +126,23 @@ def load_config(path: str | Path, options: Sequence[str] = (), imports: Iterable
 
     run_defaults = defaults_for("run")
     run_given = given.get("run", OmegaConf.create({}))
-    _validate(run_defaults, run_given, "run", source)
-    run = OmegaConf.merge(run_defaults, run_given)
-    import_modules(list(run.get("imports") or []) + list(imports))
+    check_keys(run_defaults, run_given, "run", source, skip=("scheduler", "hooks"))
+    import_modules(list(run_given.get("imports") or []) + list(imports))
+    run = OmegaConf.merge(run_defaults, {k: v for k, v in run_given.items() if k not in ("scheduler", "hooks")})
+    run.scheduler = _scheduler(run_defaults, run_given.get("scheduler"), source)
+    run.hooks = _hooks(run_given.get("hooks"), source)
 
     model_given = given.get("model", None)
     if model_given is None or "arch" not in model_given:
         raise ConfigError(f"{source} has no model.arch (one of: {', '.join(MODELS.names())})")
-    model_defaults = defaults_for("model", model_given.arch)
-    if model_defaults is not None:
-        _validate(model_defaults, model_given, "model", source)
-        model = OmegaConf.merge(model_defaults, model_given)
-    else:
-        model = model_given
+    model = with_defaults(defaults_for("model", model_given.arch), model_given, "model", source)
+    _generate_options(str(model_given.arch), run.generate, source)
 
     datasets = OmegaConf.create({})
     for name, ds_given in (given.get("datasets") or {}).items():
         if ds_given is None:  # `datasets: {name: null}` in a child project drops a dataset its parent uses
             continue
-        ds_defaults = defaults_for("datasets", name)
-        if ds_defaults is None:
-            from vlmkit.registry import DATASETS
-
-            DATASETS.get(name)  # an unknown dataset name is an error that lists the registered ones
-            datasets[name] = ds_given
-            continue
-        _validate(ds_defaults, ds_given, f"datasets.{name}", source)
-        datasets[name] = OmegaConf.merge(ds_defaults, ds_given)
+        datasets[name] = with_defaults(defaults_for("datasets", name), ds_given, f"datasets.{name}", source)
 
     cfg = OmegaConf.create({"model": model, "datasets": datasets, "run": run})
     try:
@@ -172,11 +154,9 @@ def load_config(path: str | Path, options: Sequence[str] = (), imports: Iterable
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:
     """Write the resolved config (atomically, so a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    tmp.replace(path)
+    from vlmkit.io import write_text_atomic
+
+    write_text_atomic(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:

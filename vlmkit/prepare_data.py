@@ -1,5 +1,4 @@
-#!/usr/bin/env python
-"""Prepare data: `python tools/prepare_data.py <command> ...`.
+"""Prepare data: ``vlmkit prepare-data <command> ...`` (also ``python tools/prepare_data.py <command> ...``).
 
     synthetic-scienceqa --out DIR   a generated ScienceQA in the official layout (+ tokenizer and tiny LLaMA under
                                     DIR/weights/ unless --no-tiny-llama)
@@ -8,22 +7,17 @@
     synthetic-vqav2 --out DIR       a generated VQAv2 set (official question/annotation files, JPEGs) + tokenizer
     shards --dataset D --splits S --out DIR   webdataset tar shards of a dataset split (builders read either form)
 
-Errors a user can cause print one line and exit with status 2 (as tools/train.py does).
+Errors a user can cause print one line and exit with status 2 (as every vlmkit command does).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout without install
-
-from vlmkit.cli import guarded  # noqa: E402
-from vlmkit.errors import DataError  # noqa: E402
+from vlmkit.errors import DataError
 
 #: Files and folders the ScienceQA generator writes; --force replaces exactly these and nothing else in --out.
 SCIENCEQA_OUTPUTS = ("problems.json", "pid_splits.json", "captions.json", "images", "weights")
@@ -138,8 +132,10 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_synthetic_scienceqa, add_synthetic_flamingo, add_shards)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Generate or convert datasets for vlmkit.")
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    from vlmkit.cli import guarded
+
+    parser = argparse.ArgumentParser(prog=prog, description="Generate or convert datasets for vlmkit.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
@@ -148,7 +144,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--debug", action="store_true", help="show full tracebacks for user errors")
     args = parser.parse_args(argv)
     return guarded(args.run, args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -55,18 +55,32 @@ class Registry:
             )
         return self._entries[name]
 
-    def build(self, cfg: Mapping[str, Any], **kwargs: Any) -> Any:
-        """Instantiate the entry named by ``cfg[self.key]``.
+    def build(self, cfg: Mapping[str, Any], where: str | None = None, **kwargs: Any) -> Any:
+        """Instantiate the entry named by ``cfg[self.key]`` (see :meth:`build_named`)."""
+        if self.key not in cfg:
+            raise ConfigError(f"{where or self.kind} config has no '{self.key}' key naming what to build "
+                              f"(one of: {', '.join(self.names())})")
+        return self.build_named(str(cfg[self.key]), cfg, where, **kwargs)
 
-        An entry with a ``from_config`` classmethod receives the whole mapping; otherwise the remaining keys are passed as
+    def build_named(self, name: str, cfg: Mapping[str, Any], where: str | None = None, **kwargs: Any) -> Any:
+        """Instantiate entry ``name`` from ``cfg``, checked against and merged over its ``default_config``.
+
+        ``where`` is the config path named in errors (``model``, ``datasets.vqav2``, ``run.hooks[0]``). An entry with a
+        ``from_config`` classmethod receives the whole mapping; otherwise the keys (but the name key) are passed as
         keyword arguments.
         """
-        if self.key not in cfg:
-            raise ConfigError(f"{self.kind} config has no '{self.key}' key naming what to build (one of: {', '.join(self.names())})")
-        entry = self.get(cfg[self.key])
+        from omegaconf import OmegaConf
+
+        from vlmkit.schema import defaults_of, with_defaults
+
+        entry = self.get(name)
+        defaults = defaults_of(entry)
+        if defaults is not None and self.key in cfg and self.key not in defaults:
+            defaults[self.key] = name
+        full = with_defaults(defaults, cfg, where or self.kind, f"{self.kind} '{name}'")
         if hasattr(entry, "from_config"):
-            return entry.from_config(cfg, **kwargs)
-        rest = {k: v for k, v in cfg.items() if k != self.key}
+            return entry.from_config(full, **kwargs)
+        rest = {k: v for k, v in OmegaConf.to_container(full, resolve=True).items() if k != self.key}
         return entry(**rest, **kwargs)
 
     def names(self) -> list[str]:
@@ -89,6 +103,7 @@ TASKS = Registry("task")
 DATASETS = Registry("dataset")
 PROCESSORS = Registry("processor")
 SCHEDULERS = Registry("scheduler")
+HOOKS = Registry("hook")
 
 
 def import_modules(names: Iterable[str]) -> None:
@@ -103,14 +118,17 @@ def import_modules(names: Iterable[str]) -> None:
 # vlmkit's own components, imported on first registry use (explicit, so a reader can find every registration).
 BUILTIN_MODULES = (
     "vlmkit.engine.schedulers",
+    "vlmkit.engine.hooks",
     "vlmkit.models.lavin",
     "vlmkit.models.flamingo",
     "vlmkit.data.scienceqa",
     "vlmkit.data.vqav2",
     "vlmkit.data.coco",
+    "vlmkit.data.image_text",
     "vlmkit.tasks.scienceqa",
     "vlmkit.tasks.vqa",
     "vlmkit.tasks.caption",
+    "vlmkit.tasks.image_text",
 )
 _builtins_loaded = False
 

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.data.records import RecordBuilder, RecordDataset, subset
-from vlmkit.data.vqav2 import read_json
+from vlmkit.io import read_json
 from vlmkit.errors import ConfigError, DataError
 from vlmkit.registry import DATASETS
 
 HOW_TO_OBTAIN_COCO = (
     "download the Karpathy split file dataset_coco.json, the COCO 2014 train/val images and "
     "annotations/captions_val2014.json from cocodataset.org/#download, or generate a small stand-in with "
-    "`python tools/prepare_data.py synthetic-coco --out DIR`, and set datasets.coco_caption.root or VLMKIT_COCO_ROOT"
+    "`vlmkit prepare-data synthetic-coco --out DIR`, and set datasets.coco_caption.root or VLMKIT_COCO_ROOT"
 )
 TRAIN_CAPTION_CHOICES = ("all", "first")
 
@@ -77,7 +77,10 @@ class COCOCaptionDataset(RecordDataset):
 
 @DATASETS.register("coco_caption")
 class COCOCaptionBuilder(RecordBuilder):
+    """``datasets.coco_caption``: COCO captions from the Karpathy split file (train/restval/val/test) or shards."""
+
     name = "coco_caption"
+    default_config = "datasets/coco_caption.yaml"
     how_to_obtain = HOW_TO_OBTAIN_COCO
     answer_field = "caption"
 

@@ -10,7 +10,6 @@ no images), then the query with its image.
 """
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,12 +20,7 @@ from torch.utils.data import Dataset
 
 from vlmkit.data.records import RecordDataset
 from vlmkit.errors import ConfigError, DataError, missing_file
-
-
-def stable_seed(*parts: object) -> int:
-    """A 64-bit seed from ``parts`` that is the same in every process and Python run (unlike ``hash()``)."""
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big")
+from vlmkit.io import stable_seed
 
 
 def choose_query_set(pool_size: int, query_set_size: int, seed: int, trial: int) -> list[int]:
@@ -94,9 +88,10 @@ class FewShotDataset(Dataset):
     of the same task). Every other key of the query sample (question_id, image_id, ...) is kept.
     """
 
-    def __init__(self, query_dataset: RecordDataset, demo_dataset: RecordDataset, shots: int, seed: int = 42,
-                 trial: int = 0, query_set_size: int = 2048, separator: str = "\n", zero_shot_demos: int = 2,
-                 rices: bool = False, rices_features_dir: str | Path | None = None) -> None:
+    def __init__(self, query_dataset: RecordDataset, demo_dataset: RecordDataset, shots: int, *, seed: int,
+                 trial: int, query_set_size: int, separator: str, zero_shot_demos: int, rices: bool,
+                 rices_features_dir: str | Path | None) -> None:
+        # No defaults here: the values come from datasets.<name>.fewshot (vlmkit/configs/datasets/*.yaml).
         if shots < 0:
             raise ConfigError(f"fewshot.shots must be >= 0, got {shots}")
         self.query_dataset = query_dataset

@@ -7,29 +7,17 @@ either way. :class:`RecordDataset` turns records into the samples models consume
 """
 from __future__ import annotations
 
-import io
 import string
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
+from vlmkit.data.builder import DatasetBuilder
 from vlmkit.errors import ConfigError, DataError, missing_file
-
-# What PIL raises on a truncated or non-image file (SyntaxError and ValueError come from some broken headers).
-_IMAGE_READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
-
-
-def decode_image(data: bytes | Path, name: str) -> Image.Image:
-    """An RGB PIL image from a path or bytes; an unreadable image is a DataError that names ``name``."""
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            return img.convert("RGB")  # convert() forces a full decode, so truncation is caught here
-    except _IMAGE_READ_ERRORS as e:
-        raise DataError(f"cannot read image {name}: {e} (re-download the file or remove the samples that use it)") from e
-
+from vlmkit.io import decode_image
 
 class ImageSource(Protocol):
     """Maps an image key (path relative to the image root) to the image."""
@@ -53,7 +41,7 @@ class FileImageSource:
         return path
 
     def load(self, key: str) -> Image.Image:
-        return decode_image(self.path(key), str(self.root / key))
+        return decode_image(self.path(key), str(self.root / key), self.how_to_obtain)
 
     def read_bytes(self, key: str) -> bytes:
         return self.path(key).read_bytes()
@@ -191,10 +179,10 @@ def subset(records: list[dict[str, Any]], max_samples: int | None, seed: int) ->
     return [r for i, r in enumerate(records) if i in keep]
 
 
-class RecordBuilder:
-    """Base of the builders registered in DATASETS: ``Builder(cfg).build(split, transform, train)`` → a Dataset.
+class RecordBuilder(DatasetBuilder):
+    """Base of the COCO-image builders (VQAv2, COCO captions): records from the official files or from shards.
 
-    ``cfg`` is the dataset's section of the run config (``configs/datasets/<name>.yaml`` ⊕ the project's keys).
+    ``cfg`` is the dataset's section of the run config (``vlmkit/configs/datasets/<name>.yaml`` ⊕ the project's keys).
     When ``cfg.shards`` is set, records and images come from webdataset shards written by
     :func:`vlmkit.data.shards.write_shards` instead of the official files.
     """
@@ -203,12 +191,8 @@ class RecordBuilder:
     how_to_obtain: str = ""
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
-        self.cfg = cfg
+        super().__init__(cfg)
         self._shards: Any = None
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "RecordBuilder":
-        return cls(cfg)
 
     def raw_records(self, split: str) -> list[dict[str, Any]]:
         """Records of ``split`` read from the official files (subclasses)."""

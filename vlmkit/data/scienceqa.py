@@ -5,12 +5,11 @@
     <root>/captions.json        {"captions": {qid: str}}        (only needed with use_caption)
     <root>/images/<split>/<qid>/image.png
 
-Config (``datasets.scienceqa``, defaults in configs/datasets/scienceqa.yaml): root, prompt_format, use_caption,
+Config (``datasets.scienceqa``, defaults in vlmkit/configs/datasets/scienceqa.yaml): root, prompt_format, use_caption,
 caption_file.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vlmkit.errors import ConfigError, DataError, missing_file
+from vlmkit.data.builder import DatasetBuilder
+from vlmkit.errors import DataError, missing_file
+from vlmkit.io import IMAGE_READ_ERRORS, decode_image, read_json
 from vlmkit.processors.prompts import OPTION_LETTERS, PromptFormat, build_scienceqa_prompt
 from vlmkit.registry import DATASETS
 
@@ -29,22 +30,10 @@ SPLITS_FILE = "pid_splits.json"
 CAPTIONS_FILE = "captions.json"
 IMAGE_FILE = "image.png"
 OBTAIN = ("download ScienceQA from its official repository (see docs/scienceqa.md) or run "
-          "`python tools/prepare_data.py synthetic-scienceqa --out DIR`")
+          "`vlmkit prepare-data synthetic-scienceqa --out DIR`")
 REQUIRED_FIELDS = ("question", "choices", "answer")
-CONFIG_KEYS = ("root", "prompt_format", "use_caption", "caption_file")
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
-
-
-def read_json(path: Path, what: str) -> Any:
-    """Load a JSON file; a missing or malformed file is a one-line DataError naming it."""
-    if not path.is_file():
-        raise missing_file(path, what, OBTAIN)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {what} {path}: {' '.join(str(e).split())} (re-download or regenerate it)") from e
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -86,8 +75,8 @@ class ScienceQADataset(Dataset):
         self.train = train
         problems_path = self.root / PROBLEMS_FILE
         splits_path = self.root / SPLITS_FILE
-        all_problems = read_json(problems_path, "ScienceQA problems.json")
-        splits = read_json(splits_path, "ScienceQA pid_splits.json")
+        all_problems = read_json(problems_path, "ScienceQA problems.json", OBTAIN)
+        splits = read_json(splits_path, "ScienceQA pid_splits.json", OBTAIN)
         if not isinstance(all_problems, Mapping) or not isinstance(splits, Mapping):
             raise DataError(f"{problems_path} and {splits_path} must each hold a JSON object (re-download them)")
         if split not in splits:
@@ -106,7 +95,7 @@ class ScienceQADataset(Dataset):
         self.captions: dict[str, str] = {}
         if use_caption:
             path = Path(caption_file) if caption_file else self.root / CAPTIONS_FILE
-            captions = read_json(path, "ScienceQA captions.json")
+            captions = read_json(path, "ScienceQA captions.json", OBTAIN)
             if not isinstance(captions, Mapping) or not isinstance(captions.get("captions"), Mapping):
                 raise DataError(f"{path} must hold {{\"captions\": {{qid: caption}}}} (re-download it)")
             self.captions = {str(k): str(v) for k, v in captions["captions"].items()}
@@ -125,7 +114,7 @@ class ScienceQADataset(Dataset):
         try:
             with Image.open(path):  # reads the header only
                 pass
-        except (OSError, SyntaxError, ValueError) as e:
+        except IMAGE_READ_ERRORS as e:
             raise DataError(f"cannot decode image {path}: {' '.join(str(e).split())} "
                             f"(re-download or re-extract {path.relative_to(self.root)})") from e
 
@@ -139,15 +128,8 @@ class ScienceQADataset(Dataset):
 
     def load_image(self, qid: str) -> Image.Image:
         path = self.image_path(qid)
-        relative = path.relative_to(self.root)
-        if not path.is_file():
-            raise missing_file(path, f"image of ScienceQA problem '{qid}'", f"re-download or re-extract {relative}")
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as e:  # PIL reports truncated/corrupt files with these
-            raise DataError(f"cannot decode image {path}: {' '.join(str(e).split())} "
-                            f"(re-download or re-extract {relative})") from e
+        return decode_image(path, f"{path} of ScienceQA problem '{qid}'",
+                            f"re-download or re-extract {path.relative_to(self.root)}")
 
     def __len__(self) -> int:
         return len(self.qids)
@@ -162,15 +144,13 @@ class ScienceQADataset(Dataset):
 
 
 @DATASETS.register("scienceqa")
-class ScienceQABuilder:
+class ScienceQABuilder(DatasetBuilder):
     """``datasets.scienceqa`` → one :class:`ScienceQADataset` per split."""
 
-    @staticmethod
-    def build_split(cfg: Mapping[str, Any], split: str, image_transform: ImageTransform | None = None,
-                    train: bool = False) -> ScienceQADataset:
-        missing = [k for k in CONFIG_KEYS if k not in cfg]
-        if missing:
-            raise ConfigError(f"datasets.scienceqa lacks '{missing[0]}' (defaults: configs/datasets/scienceqa.yaml)")
+    default_config = "datasets/scienceqa.yaml"
+
+    def build(self, split: str, image_transform: ImageTransform | None = None, train: bool = False) -> ScienceQADataset:
+        cfg = self.cfg
         return ScienceQADataset(
             root=cfg["root"], split=split, prompt_format=cfg["prompt_format"], image_transform=image_transform,
             use_caption=bool(cfg["use_caption"]), caption_file=cfg["caption_file"], train=train,

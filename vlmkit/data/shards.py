@@ -19,19 +19,20 @@ from typing import Any
 
 from PIL import Image
 
-from vlmkit.data.records import decode_image
 from vlmkit.errors import DataError, missing_file
+from vlmkit.extras import require
+from vlmkit.io import decode_image
 
 SHARD_PATTERN = "{split}-%06d.tar"  # ShardWriter fills %06d with the shard number
-HOW_TO_MAKE_SHARDS = "write them with `python tools/prepare_data.py shards --dataset NAME --splits SPLIT --out DIR`"
+HOW_TO_MAKE_SHARDS = "write them with `vlmkit prepare-data shards --dataset NAME --splits SPLIT --out DIR`"
 
 
 def write_shards(dataset_name: str, builder_cfg: Mapping[str, Any], split: str, out_dir: str | Path,
                  shard_size: int = 1000) -> list[Path]:
     """Write ``split`` of ``dataset_name`` (read from its official files) as tar shards of ``shard_size`` images."""
-    import webdataset as wds
-
     from vlmkit.registry import DATASETS
+
+    wds = require("webdataset", "shards", "writing shards")
 
     builder = DATASETS.get(dataset_name)(dict(builder_cfg, shards=None))
     records = builder.records(split)
@@ -57,8 +58,7 @@ def write_shards(dataset_name: str, builder_cfg: Mapping[str, Any], split: str, 
 
 def expand_shards(spec: str | Path) -> list[Path]:
     """Shard files named by a directory (all its ``*.tar``), a brace pattern (``a-{000000..000003}.tar``) or a glob."""
-    import braceexpand
-
+    braceexpand = require("braceexpand", "shards", "reading shards")
     spec = str(spec)
     if Path(spec).is_dir():
         paths = sorted(Path(spec).glob("*.tar"))
@@ -143,7 +143,7 @@ class ShardImageSource:
 
 
 def add_shards_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``tools/prepare_data.py shards``."""
+    """Arguments of ``vlmkit prepare-data shards``."""
     parser.add_argument("--dataset", required=True, help="dataset name: vqav2 | coco_caption")
     parser.add_argument("--splits", nargs="+", required=True, help="splits to write, e.g. train val")
     parser.add_argument("--out", required=True, help="output directory for the .tar shards")
@@ -164,7 +164,7 @@ def prepare_shards_main(args: argparse.Namespace) -> int:
         from vlmkit.registry import DATASETS
 
         DATASETS.get(args.dataset)  # unknown name: error listing the registered ones
-        raise DataError(f"dataset {args.dataset} has no configs/datasets/{args.dataset}.yaml to read its layout from")
+        raise DataError(f"dataset {args.dataset} has no vlmkit/configs/datasets/{args.dataset}.yaml to read its layout from")
     cfg = OmegaConf.merge(defaults, OmegaConf.from_dotlist(list(args.options)))
     if args.root is not None:
         cfg.root = args.root

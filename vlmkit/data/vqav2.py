@@ -5,37 +5,27 @@
                                                              answer_type, multiple_choice_answer, answers: [×10]}]}
     <root>/train2014/COCO_train2014_000000000009.jpg
 
-File names per split live in ``configs/datasets/vqav2.yaml``. A split without an annotation file (test-dev) yields
+File names per split live in ``vlmkit/configs/datasets/vqav2.yaml``. A split without an annotation file (test-dev) yields
 questions only: it can be answered, not scored.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from vlmkit.data.records import RecordBuilder, RecordDataset, subset
-from vlmkit.errors import ConfigError, DataError, missing_file
+from vlmkit.errors import ConfigError, DataError
+from vlmkit.io import read_json
 from vlmkit.registry import DATASETS
 
 HOW_TO_OBTAIN_VQAV2 = (
     "download the VQAv2 questions, annotations and COCO 2014 images from visualqa.org/download.html, or generate a "
-    "small stand-in with `python tools/prepare_data.py synthetic-vqav2 --out DIR`, and set datasets.vqav2.root or "
+    "small stand-in with `vlmkit prepare-data synthetic-vqav2 --out DIR`, and set datasets.vqav2.root or "
     "VLMKIT_VQAV2_ROOT"
 )
 ANSWER_CHOICES = ("first", "multiple_choice_answer", "most_common")
-
-
-def read_json(path: Path, what: str, how: str) -> Any:
-    if not path.is_file():
-        raise missing_file(path, what, how)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{what} {path} is not valid JSON ({e}); re-download it") from e
 
 
 def pick_answer(record: Mapping[str, Any], how: str) -> str:
@@ -88,7 +78,10 @@ class VQAv2Dataset(RecordDataset):
 
 @DATASETS.register("vqav2")
 class VQAv2Builder(RecordBuilder):
+    """``datasets.vqav2``: VQAv2 questions + annotations in the official file layout, or shards."""
+
     name = "vqav2"
+    default_config = "datasets/vqav2.yaml"
     how_to_obtain = HOW_TO_OBTAIN_VQAV2
     answer_field = "answer"
 

@@ -6,7 +6,6 @@ temporary name first and moved into place with ``os.replace``, so a crash never 
 """
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,23 +15,16 @@ import numpy as np
 import torch
 
 from vlmkit.errors import CheckpointError, missing_file
+from vlmkit.io import write_atomic
 
 #: Marks a file as a vlmkit training checkpoint (versus e.g. an OpenFlamingo checkpoint.pt).
 FORMAT_KEY = "vlmkit_checkpoint"
 FORMAT_VERSION = 1
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def save_state(state: Mapping[str, Any], path: str | Path) -> None:
     """Write a full training state atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    torch.save({FORMAT_KEY: FORMAT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save({FORMAT_KEY: FORMAT_VERSION, **state}, tmp))
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
@@ -66,13 +58,9 @@ def save_weights(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata
     """Write trainable weights as safetensors, atomically."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
     # safetensors needs contiguous CPU tensors that share no storage.
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    save_file(plain, str(tmp), metadata=dict(metadata or {}))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: save_file(plain, str(tmp), metadata=dict(metadata or {})))
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Trainer hooks: learning-rate schedule, logging, evaluation with best-checkpoint keeping, checkpointing.
+"""Trainer hooks: learning-rate schedule, logging, evaluation with best-checkpoint keeping, checkpointing; and the
+hooks a run may add in ``run.hooks`` (registry ``HOOKS``): ``wandb``.
 
 Hooks run on every rank (collectives inside them stay in step); only rank 0 writes files. Their order matters and is set
 by the runner: LR first (so the others see the schedule after the step), then logging, evaluation, checkpointing (so a
@@ -17,7 +18,9 @@ from typing import Any
 from vlmkit import dist
 from vlmkit.engine.schedulers import StepScheduler
 from vlmkit.engine.trainer import HookBase
-from vlmkit.tasks.base import write_json_atomic
+from vlmkit.extras import require
+from vlmkit.io import write_json_atomic
+from vlmkit.registry import HOOKS
 
 logger = logging.getLogger("vlmkit")
 
@@ -47,7 +50,7 @@ class MetricsFiles:
             except json.JSONDecodeError:
                 logger.warning("%s is not valid JSON; rewriting it", self.json)
         latest[key] = _jsonable(dict(metrics))
-        write_json_atomic(latest, self.json)
+        write_json_atomic(self.json, latest)
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop the lines the interrupted run wrote after the checkpoint it resumes from."""
@@ -151,8 +154,8 @@ class LoggingHook(HookBase):
         self._window = []
         self._t0, self._samples0 = time.perf_counter(), t.samples_seen  # type: ignore[attr-defined]
 
-    def log_eval(self, key: str, metrics: Mapping[str, Any], step: int) -> None:
-        if self.writer is None:
+    def after_eval(self, key: str, metrics: Mapping[str, Any], step: int | None) -> None:
+        if self.writer is None or step is None:
             return
         for name, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -219,3 +222,53 @@ class CheckpointHook(HookBase):
 
     def after_epoch(self) -> None:
         self.save()
+
+
+def _scalars(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    return {f"{prefix}/{k}": float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+@HOOKS.register("wandb")
+class WandbHook(HookBase):
+    """Weights & Biases: the resolved config, training loss/lr/grad-norm and every evaluation's metrics.
+
+    ``mode: offline`` (the default) writes the run under ``<output_dir>/wandb/`` without a network (upload it later
+    with ``wandb sync``); ``online`` needs an account. Needs ``pip install "vlmkit[wandb]"``.
+    """
+
+    default_config = {"project": "vlmkit", "name": None, "mode": "offline", "log_every": 10, "tags": []}
+
+    def __init__(self, project: str, name: str | None, mode: str, log_every: int, tags: list[str]) -> None:
+        self.project, self.name, self.mode = project, name, mode
+        self.log_every, self.tags = max(1, int(log_every)), list(tags)
+        self.run: Any = None
+
+    def before_train(self) -> None:
+        if not dist.is_main() or self.run is not None:
+            return
+        wandb = require("wandb", "wandb", "the wandb hook (run.hooks)")
+        out = Path(self.runner.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        from omegaconf import OmegaConf
+
+        self.run = wandb.init(project=self.project, name=self.name or out.name, mode=self.mode, dir=str(out),
+                              tags=self.tags, config=OmegaConf.to_container(self.runner.cfg, resolve=True))
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if self.run is None or t.step % self.log_every != 0:
+            return
+        last = t.last  # type: ignore[attr-defined]
+        self.run.log(_scalars({"loss": last["loss"], "lr": last["lr"], "grad_norm": last["grad_norm"]}, "train"),
+                     step=t.step)
+
+    def after_eval(self, key: str, metrics: Mapping[str, Any], step: int | None) -> None:
+        if self.run is not None:
+            self.run.log(_scalars(metrics, key), step=step)
+
+    def after_run(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vlmkit.errors import ConfigError
+from vlmkit.extras import require
 
 logger = logging.getLogger("vlmkit")
 
@@ -66,10 +67,7 @@ def build_optimizer(model: nn.Module, run: Mapping[str, Any], lr: float) -> torc
         return torch.optim.AdamW(groups, **kwargs)
     if name not in OPTIMIZERS:
         raise ConfigError(f"run.optimizer '{name}' is not one of: {', '.join(OPTIMIZERS)}")
-    try:
-        import bitsandbytes as bnb
-    except ImportError as e:
-        raise ConfigError(f"run.optimizer '{name}' needs bitsandbytes (pip install bitsandbytes): {e}") from e
+    bnb = require("bitsandbytes", "quant", f"run.optimizer '{name}'")
     cls = {
         "adamw8bit": bnb.optim.AdamW8bit,
         "paged_adamw": bnb.optim.PagedAdamW,  # 32-bit paged AdamW, LaVIN's optimizer

@@ -92,8 +92,11 @@ class WarmupCosineSchedule(StepScheduler):
 class StepDecaySchedule(StepScheduler):
     """``main(t) = max(min_lr, lr · step_gamma ^ floor(t / (step_epochs · S)))``."""
 
-    def __init__(self, optimizer: Optimizer | None, *, steps_per_epoch: int, step_epochs: float = 5.0,
-                 step_gamma: float = 0.5, **kwargs: Any) -> None:
+    default_config = {"step_epochs": 5.0, "step_gamma": 0.5}
+
+    def __init__(self, optimizer: Optimizer | None, *, steps_per_epoch: int,
+                 step_epochs: float = default_config["step_epochs"], step_gamma: float = default_config["step_gamma"],
+                 **kwargs: Any) -> None:
         self.step_size = max(1, round(step_epochs * steps_per_epoch))
         self.step_gamma = float(step_gamma)
         super().__init__(optimizer, steps_per_epoch=steps_per_epoch, **kwargs)
@@ -106,7 +109,9 @@ class StepDecaySchedule(StepScheduler):
 class ExponentialDecaySchedule(StepScheduler):
     """``main(t) = max(min_lr, lr · gamma ^ (t / S))``: ``gamma`` per epoch, applied continuously per step."""
 
-    def __init__(self, optimizer: Optimizer | None, *, gamma: float = 0.99, **kwargs: Any) -> None:
+    default_config = {"gamma": 0.99}  # per-epoch factor
+
+    def __init__(self, optimizer: Optimizer | None, *, gamma: float = default_config["gamma"], **kwargs: Any) -> None:
         self.gamma = float(gamma)
         super().__init__(optimizer, **kwargs)
 
@@ -127,8 +132,14 @@ class CyclicalSchedule(StepScheduler):
     A cycle starts at ``base``, peaks at ``lr`` after ``h`` steps and returns to ``base``.
     """
 
-    def __init__(self, optimizer: Optimizer | None, *, steps_per_epoch: int, mode: str = "triangular",
-                 cycle_epochs: float = 2.0, base_lr_ratio: float = 0.1, gamma: float = 0.99, **kwargs: Any) -> None:
+    #: mode: triangular | triangular2 | exp_range; cycle_epochs: a full up-and-down cycle; base_lr_ratio: lowest lr
+    #: of a cycle as a fraction of lr; gamma: exp_range's per-step decay of the amplitude.
+    default_config = {"mode": "triangular", "cycle_epochs": 2.0, "base_lr_ratio": 0.1, "gamma": 0.99}
+
+    def __init__(self, optimizer: Optimizer | None, *, steps_per_epoch: int, mode: str = default_config["mode"],
+                 cycle_epochs: float = default_config["cycle_epochs"],
+                 base_lr_ratio: float = default_config["base_lr_ratio"], gamma: float = default_config["gamma"],
+                 **kwargs: Any) -> None:
         if mode not in CYCLICAL_MODES:
             raise ConfigError(f"run.scheduler.mode '{mode}' is not one of: {', '.join(CYCLICAL_MODES)}")
         self.mode = mode
@@ -150,14 +161,6 @@ class CyclicalSchedule(StepScheduler):
         return low + (self.base_lr - low) * max(0.0, 1.0 - x) * scale
 
 
-# The run.scheduler keys each schedule takes besides the common ones.
-_EXTRA_KEYS = {
-    "step_decay": ("step_epochs", "step_gamma"),
-    "exponential_decay": ("gamma",),
-    "cyclical": ("mode", "cycle_epochs", "base_lr_ratio", "gamma"),
-}
-
-
 def warmup_steps_of(sched_cfg: Mapping[str, Any], steps_per_epoch: int) -> int:
     """``warmup_steps`` if set, else ``round(warmup_epochs · steps_per_epoch)``."""
     if sched_cfg.get("warmup_steps") is not None:
@@ -170,6 +173,7 @@ def build_scheduler(optimizer: Optimizer | None, sched_cfg: Mapping[str, Any], l
     """Build the schedule named by ``sched_cfg["name"]`` (the ``run.scheduler`` section)."""
     name = sched_cfg.get("name", "warmup_cosine")
     cls = SCHEDULERS.get(name)
-    extra = {k: sched_cfg[k] for k in _EXTRA_KEYS.get(name, ()) if k in sched_cfg}
+    # A schedule's own keys are those of its default_config (a user's schedule declares its own the same way).
+    extra = {k: sched_cfg[k] for k in (getattr(cls, "default_config", None) or {}) if k in sched_cfg}
     return cls(optimizer, lr=lr, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                warmup_steps=warmup_steps_of(sched_cfg, steps_per_epoch), min_lr=min_lr, **extra)

@@ -15,16 +15,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
-from torch import nn
-from torch.utils.data import Dataset
 
 from vlmkit import dist
+from vlmkit.engine.build import run_logging, seed_everything
 from vlmkit.engine.hooks import MetricsFiles
-from vlmkit.engine.runner import build_task, check_datasets, evaluate, evaluate_splits, seed_everything
+from vlmkit.engine.runner import Runner
 from vlmkit.errors import ConfigError
-from vlmkit.tasks.base import Task, write_json_atomic
+from vlmkit.io import write_json_atomic
 
 logger = logging.getLogger("vlmkit")
 
@@ -100,39 +98,42 @@ def run_sweep(cfg: DictConfig, shots: Sequence[int], trials: int = 1, checkpoint
     cfg = copy.deepcopy(cfg)
     set_point(cfg, shots[0], 0)  # the datasets the runner builds and checks before writing are the first point's
     points = [(n, t) for n in shots for t in range(trials)]
+    device = dist.init(cfg.run.device)
+    try:
+        with run_logging():
+            runner = Runner.for_evaluation(cfg, device, splits, checkpoint)
+            with run_logging(runner.output_dir / "log.txt"):
+                return _sweep(runner, points, shots, trials)
+    finally:
+        dist.cleanup()
 
-    def sweep(cfg: DictConfig, task: Task, model: nn.Module, datasets: dict[str, dict[str, Dataset]],
-              splits: list[str], device: torch.device) -> dict[str, Any]:
-        out = Path(cfg.run.output_dir)
-        scores: dict[str, dict[int, list[float]]] = {}
-        for i, (n, t) in enumerate(points):
-            if i > 0:
-                set_point(cfg, n, t)
-                task = build_task(cfg)
-                datasets = task.build_datasets(model)
-                check_datasets(datasets)
-            logger.info("few-shot sweep %d/%d: shots=%d trial=%d", i + 1, len(points), n, t)
-            where = point_dir(out, n, t)
-            run = copy.deepcopy(cfg.run)
-            run.output_dir = str(where)
-            metrics = MetricsFiles(where)
-            metrics.reset()  # a rerun of the sweep replaces the point's log instead of appending to it
-            seed_everything(int(cfg.run.seed))  # each point as a plain evaluation starts it, whatever came before
-            results = evaluate_splits(model, task, datasets, splits, run, device, metrics, None, None)
-            for key, result in results.items():
-                if task.main_metric not in result:
-                    logger.warning("%s (shots=%d trial=%d) has no main metric '%s' (e.g. no public answers); "
-                                   "left out of the summary", key, n, t, task.main_metric)
-                    continue
-                scores.setdefault(key, {}).setdefault(n, []).append(float(result[task.main_metric]))
-                logger.info("shots=%d trial=%d %s %s=%.4f", n, t, key, task.main_metric, result[task.main_metric])
-        summary = summarize(scores, task.main_metric, trials)
-        if dist.is_main():
-            write_json_atomic(summary, out / SUMMARY_FILE)
-            scale = float(getattr(task, "table_scale", 1.0))
-            print(f"== few-shot {task.main_metric} (mean ± std over {trials} trial{'s' if trials > 1 else ''}) ==\n"
-                  + format_summary(summary, shots, scale), flush=True)
-        dist.barrier()
-        return summary
 
-    return evaluate(cfg, checkpoint, splits, sweep)
+def _sweep(runner: Runner, points: Sequence[tuple[int, int]], shots: Sequence[int], trials: int) -> dict[str, Any]:
+    out = runner.output_dir
+    scores: dict[str, dict[int, list[float]]] = {}
+    for i, (n, t) in enumerate(points):
+        if i > 0:
+            cfg = copy.deepcopy(runner.cfg)
+            set_point(cfg, n, t)
+            runner.rebuild(cfg)
+        logger.info("few-shot sweep %d/%d: shots=%d trial=%d", i + 1, len(points), n, t)
+        where = point_dir(out, n, t)
+        MetricsFiles(where).reset()  # a rerun of the sweep replaces the point's log instead of appending to it
+        seed_everything(int(runner.cfg.run.seed))  # each point as a plain evaluation starts it, whatever came before
+        results = runner.evaluate(runner.splits, output_dir=where)
+        main = runner.task.main_metric
+        for key, result in results.items():
+            if main not in result:
+                logger.warning("%s (shots=%d trial=%d) has no main metric '%s' (e.g. no public answers); "
+                               "left out of the summary", key, n, t, main)
+                continue
+            scores.setdefault(key, {}).setdefault(n, []).append(float(result[main]))
+            logger.info("shots=%d trial=%d %s %s=%.4f", n, t, key, main, result[main])
+    summary = summarize(scores, runner.task.main_metric, trials)
+    if dist.is_main():
+        write_json_atomic(out / SUMMARY_FILE, summary)
+        scale = float(getattr(runner.task, "table_scale", 1.0))
+        print(f"== few-shot {runner.task.main_metric} (mean ± std over {trials} trial{'s' if trials > 1 else ''}) ==\n"
+              + format_summary(summary, shots, scale), flush=True)
+    dist.barrier()
+    return summary

@@ -22,6 +22,7 @@ from vlmkit.engine.checkpoint import rng_state, set_rng_state
 from vlmkit.engine.fsdp import is_sharded, load_optimizer_state_dict, no_gradient_sync, optimizer_state_dict, to_float
 from vlmkit.engine.schedulers import StepScheduler
 from vlmkit.errors import VlmkitError
+from vlmkit.io import stable_seed
 
 logger = logging.getLogger("vlmkit")
 
@@ -29,15 +30,27 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class HookBase:
-    """Called by the trainer at fixed points; ``self.trainer`` is set when the hook is registered."""
+    """Called by the trainer at fixed points; ``self.trainer`` is set when the hook is registered.
+
+    A hook of ``run.hooks`` (registry ``HOOKS``) also gets ``self.runner`` (the :class:`~vlmkit.engine.runner.Runner`:
+    its ``cfg``, ``output_dir``, ``model``) and sees every evaluation result through ``after_eval``. Hooks run on every
+    rank; write files on rank 0 only (``vlmkit.dist.is_main()``).
+    """
 
     trainer: "TrainerBase"
+    runner: Any = None
 
     def before_train(self) -> None: ...
     def before_epoch(self) -> None: ...
     def after_step(self) -> None: ...
     def after_epoch(self) -> None: ...
     def after_train(self) -> None: ...
+
+    def after_eval(self, key: str, metrics: Mapping[str, Any], step: int | None) -> None:
+        """After each evaluated split (``key`` as in metrics.json), during training and at its end."""
+
+    def after_run(self) -> None:
+        """After the whole run: training and the final test evaluation (the runner calls it)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -175,7 +188,7 @@ class Trainer(TrainerBase):
         if gen is not None:
             # The loader's own generator seeds workers; reseeding per (seed, epoch, rank) keeps resumes exact and leaves
             # the global RNG (dropout) untouched by iterator creation.
-            gen.manual_seed(hash_seed(self.seed, self.epoch, dist.rank()))
+            gen.manual_seed(stable_seed("sampler", self.seed, self.epoch, dist.rank()))
 
     # --- the loop
     def run_epoch(self) -> None:
@@ -279,10 +292,3 @@ class Trainer(TrainerBase):
             hook.load_state_dict(state["hooks"].get(type(hook).__name__, {}))
         rngs = state["rng"]
         set_rng_state(rngs[dist.rank()] if dist.rank() < len(rngs) else rngs[0])
-
-
-def hash_seed(*parts: int) -> int:
-    """A 63-bit seed mixed from several integers (NumPy's SeedSequence spreads nearby inputs apart)."""
-    import numpy as np
-
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)

@@ -11,7 +11,7 @@ See docs/metrics.md for the rules each scorer follows.
 from __future__ import annotations
 
 from vlmkit.metrics.caption import caption_scores
-from vlmkit.metrics.files import read_json
+from vlmkit.io import read_json
 from vlmkit.metrics.scienceqa import SQA_CATEGORIES, load_scienceqa_results, scienceqa_scores
 from vlmkit.metrics.vqa import normalize_vqa_answer, vqa_scores
 

@@ -67,8 +67,8 @@ def run_guarded(command: Callable[[argparse.Namespace], dict[str, Any]], args: a
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="python -m vlmkit.metrics",
+def build_parser(prog: str = "python -m vlmkit.metrics") -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog=prog,
                             description="Score benchmark results with the official rules; prints one JSON object.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of input errors")
@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = (build_parser(prog) if prog else build_parser()).parse_args(argv)
     return run_guarded(args.command, args)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import DataError, VlmkitError
-from vlmkit.metrics.files import read_json
+from vlmkit.io import read_json
 
 logger = logging.getLogger(__name__)
 

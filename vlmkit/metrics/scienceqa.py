@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import DataError
-from vlmkit.metrics.files import read_json
+from vlmkit.io import read_json
 
 #: The columns of the ScienceQA table, in the order papers print them.
 SQA_CATEGORIES: tuple[str, ...] = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12", "Average")

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import DataError
-from vlmkit.metrics.files import list_field, read_json
+from vlmkit.io import read_json
+from vlmkit.metrics.files import list_field
 
 # ---- The official processing tables (vqaEval.py). Facts of the benchmark: changing any entry changes the scores. ----
 

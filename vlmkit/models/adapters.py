@@ -32,8 +32,8 @@ DROPOUT_SCHEDULES = ("constant", "linear_increase", "linear_decrease", "cosine_i
 class MMAdapter(nn.Module):
     """Mixture-of-modality adapter on (B, L, d) tensors; parameters stay in their own dtype (fp32), I/O in the caller's."""
 
-    def __init__(self, dim: int, adapter_dim: int = 8, scale: float = 1.0, temperature: float = 10.0,
-                 dropout: float = 0.1) -> None:
+    def __init__(self, dim: int, *, adapter_dim: int, scale: float, temperature: float, dropout: float) -> None:
+        # No defaults here: the values come from model.* (vlmkit/configs/models/lavin.yaml), their one home.
         super().__init__()
         if dim % UP_PROJECTION_GROUPS or adapter_dim % UP_PROJECTION_GROUPS:
             raise ConfigError(f"adapter: dim {dim} and adapter_dim {adapter_dim} must be divisible by {UP_PROJECTION_GROUPS}")

@@ -37,8 +37,9 @@ class LoadReport:
 class VLModel(nn.Module):
     """Base class of vlmkit models. Subclasses implement ``from_config``, ``collator``, ``forward`` and ``generate``."""
 
-    #: Defaults for a model defined outside vlmkit (built-in models keep theirs in ``configs/models/<arch>.yaml``).
-    default_config: ClassVar[Mapping[str, Any] | None] = None
+    #: Every config key of the model with its default: a mapping, or a YAML file under ``vlmkit/configs/`` (the
+    #: built-ins: ``"models/<arch>.yaml"``). The config loader and ``MODELS.build`` check given keys against it.
+    default_config: ClassVar[Mapping[str, Any] | str | None] = None
     #: PIL image → tensor transform that datasets apply to every image.
     image_transform: Callable[[Any], torch.Tensor]
 

@@ -10,28 +10,29 @@ itself); its hidden state in each layer is what that layer's adapter routers rea
 Training pads on the right. Generation pads on the LEFT of the text but keeps the modality token in column 0
 (``[modality][pad…][BOS]…``), so every prompt ends in the last column and the routers read column 0 in every pass.
 
-Routing during incremental decoding: a new token's pass has no modality column, so ``generate`` runs the prompt pass
-inside ``_reused_routing()``, which makes every LLM adapter keep the routing weights it computed there and reuse them for
-the generated tokens (as the reference's ``cache_weights``); the context clears them on exit.
+Routing during incremental decoding: a new token's pass has no modality column, so ``generate`` runs inside
+``_reused_routing()``, which makes every LLM adapter keep the routing weights it computed in the prompt pass and reuse
+them for the generated tokens (as the reference's ``cache_weights``); the context clears them on exit. Generation is
+transformers' ``generate`` (greedy, beam search, sampling, stopping) with a forward pre-hook that gives each step
+LaVIN's attention mask and positions.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlmkit import dist
 from vlmkit.errors import ConfigError, DataError
 from vlmkit.models import hf_compat
 from vlmkit.models.adapters import AdapterMLP, MMAdapter, dropout_schedule
 from vlmkit.models.base import VLModel
-from vlmkit.models.clip import CLIPVisionTaps, build_clip_visual
+from vlmkit.models.clip import HOW_TO_OBTAIN, CLIPVisionTaps, build_clip_vision
 from vlmkit.models.llama import PAD_ID, SentencePieceTokenizer, load_llama, quantize_decoder_linears, resolve_dtype
-from vlmkit.processors.image import lavin_image_transform
+from vlmkit.processors.image import squash_resize_transform
 from vlmkit.registry import MODELS
 
 # The reference's fixed prompt pieces that announce the image slot (or its absence).
@@ -40,6 +41,7 @@ NO_IMAGE_PREFIX = "Image: N/A"
 MODALITY_COLUMN = 0
 IMAGE_MODALITY, TEXT_MODALITY = 1, 0  # rows of adapter_modality_embedding
 IGNORE_INDEX = -100  # label of positions that are not scored
+CLIP_HOW_TO_OBTAIN = HOW_TO_OBTAIN.format(key="model.clip_weights", env="VLMKIT_CLIP_WEIGHTS") + "; see docs/lavin.md"
 ADAPTER_PLACEMENTS = ("attn", "block")
 VISUAL_ADAPTERS = ("router", "none")
 
@@ -67,33 +69,27 @@ class NormWithAdapter(nn.Module):
         return self.adapter(h, weights)
 
 
-def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, L) 1 = token / 0 = pad → (B, 1, L, L) additive mask: causal, pads and the modality column hidden.
+def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype, start: int = 0, n: int | None = None) -> torch.Tensor:
+    """(B, L) 1 = token / 0 = pad → (B, 1, n, L) additive mask of the queries at positions ``start .. start + n``
+    (default: all L): causal, pads and the modality column hidden.
 
     Every position also sees itself, so the modality token (and a pad) has one key and its softmax stays finite.
     """
     B, L = attention_mask.shape
+    n = L - start if n is None else n
     device = attention_mask.device
     key_ok = attention_mask.bool().clone()
     key_ok[:, MODALITY_COLUMN] = False
-    allowed = torch.ones(L, L, dtype=torch.bool, device=device).tril()[None] & key_ok[:, None, :]
-    allowed |= torch.eye(L, dtype=torch.bool, device=device)[None]
-    bias = torch.zeros(B, 1, L, L, dtype=dtype, device=device)
+    query = torch.arange(start, start + n, device=device)[:, None]
+    key = torch.arange(L, device=device)[None, :]
+    allowed = ((key <= query)[None] & key_ok[:, None, :]) | (key == query)[None]
+    bias = torch.zeros(B, 1, n, L, dtype=dtype, device=device)
     return bias.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """RoPE positions counting real tokens only (modality 0, BOS 1, …), whatever padding sits between them."""
     return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-
-
-def sample_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus sampling: keep the smallest set of tokens whose probability mass reaches ``top_p``, renormalise, draw."""
-    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-    outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
-    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-    choice = torch.multinomial(sorted_probs / sorted_probs.sum(-1, keepdim=True), 1)
-    return order.gather(-1, choice).squeeze(-1)
 
 
 class LaVINCollator:
@@ -180,10 +176,12 @@ def insert_llm_adapters(llm: nn.Module, placement: str, dropouts: list[float], *
 
 @MODELS.register("lavin")
 class LaVIN(VLModel):
-    """LaVIN; build it with :meth:`from_config` (defaults: configs/models/lavin.yaml)."""
+    """LLaMA + CLIP taps + mixture-of-modality adapters (LaVIN); build with :meth:`from_config`."""
+
+    default_config = "models/lavin.yaml"  # every model key and its default (vlmkit/configs/)
 
     def __init__(self, llm: nn.Module, tokenizer: SentencePieceTokenizer, visual: CLIPVisionTaps, hidden_proj: int,
-                 max_seq_len: int) -> None:
+                 max_seq_len: int, image_mean: Sequence[float], image_std: Sequence[float]) -> None:
         super().__init__()
         self.llm = llm
         self.tokenizer = tokenizer
@@ -193,7 +191,7 @@ class LaVIN(VLModel):
         self.adapter_modality_embedding = nn.Embedding(2, d)
         self.max_seq_len = max_seq_len
         self.n_image_tokens = visual.n_tokens
-        self.image_transform = lavin_image_transform(visual.image_size)
+        self.image_transform = squash_resize_transform(visual.image_size, image_mean, image_std)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], device: str | torch.device | None = None) -> "LaVIN":
@@ -225,7 +223,8 @@ class LaVIN(VLModel):
         # Random parts (adapters, tiny towers) come from their own seed: identical on every rank and every run.
         with torch.random.fork_rng(devices=[]), torch.device("meta" if structure_only else "cpu"):
             torch.manual_seed(int(cfg["init_seed"]))
-            visual = build_clip_visual(cfg["clip_name"], cfg["clip_weights"], vision_cfg, load_weights=not structure_only)
+            visual = build_clip_vision(str(cfg["clip_name"]), cfg["clip_weights"], vision_cfg, CLIP_HOW_TO_OBTAIN,
+                                       load_weights=not structure_only)
             n_blocks = len(visual.transformer.resblocks)
             width = int(visual.class_embedding.shape[-1])
             clip_adapters = None
@@ -234,7 +233,8 @@ class LaVIN(VLModel):
                                  for _ in range(n_blocks)]
             taps = CLIPVisionTaps(visual.to(dtype), int(cfg["tap_every"]), clip_adapters)
             insert_llm_adapters(llm, cfg["adapter_placement"], dropouts, **adapter_kw)
-            model = cls(llm, tokenizer, taps, int(cfg["hidden_proj"]), int(cfg["max_seq_len"]))
+            model = cls(llm, tokenizer, taps, int(cfg["hidden_proj"]), int(cfg["max_seq_len"]), list(cfg["image_mean"]),
+                        list(cfg["image_std"]))
         model.set_trainable(train_backbone)
         if cfg["gradient_checkpointing"] and not structure_only:
             model.enable_gradient_checkpointing()
@@ -329,63 +329,72 @@ class LaVIN(VLModel):
 
     @torch.no_grad()
     def generate(self, batch: Mapping[str, Any], max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-                 num_beams: int = 1, use_cache: bool = True, synced_gpus: bool = False, **ignored: Any) -> list[str]:
-        """Decoded continuations (prompt excluded, cut at EOS). ``temperature`` 0: greedy (deterministic); otherwise
-        softmax(logits / temperature) with nucleus ``top_p``. ``use_cache`` False recomputes the whole sequence each
-        step (a check of the KV-cache path). ``synced_gpus`` (set by the runner under FSDP): stop only when every rank's
-        batch has finished, since each step all-gathers sharded weights. Other keyword arguments (e.g.
-        ``length_penalty``) do not apply and are ignored."""
-        if num_beams != 1:
-            raise ConfigError(f"LaVIN generates with num_beams=1 only (got {num_beams}); set run.generate.num_beams: 1")
-        embeds = self.input_embeddings(batch)
-        mask = batch["attention_mask"]
-        B = embeds.shape[0]
+                 num_beams: int = 1, use_cache: bool = True, synced_gpus: bool = False) -> list[str]:
+        """Decoded continuations (prompt excluded, cut at EOS), through transformers' ``generate``: ``temperature``
+        0 is greedy (deterministic) or beam search with ``num_beams``; otherwise sampling from softmax(logits /
+        temperature) with nucleus ``top_p``. ``use_cache`` False recomputes the whole sequence each step (a check of
+        the KV-cache path). ``synced_gpus`` (set by the runner under FSDP): keep stepping until every rank's batch has
+        finished, since each step all-gathers sharded weights. These parameters are what ``run.generate`` may set (the
+        config loader checks its keys against this signature)."""
+        from transformers import GenerationConfig
+
+        sample = temperature > 0
+        extra_rows = list(range(self.tokenizer.vocab_size, self.llm.get_input_embeddings().weight.shape[0]))
+        config = GenerationConfig(
+            max_new_tokens=int(max_new_tokens), num_beams=int(num_beams), do_sample=sample,
+            eos_token_id=self.tokenizer.eos_id, pad_token_id=PAD_ID, use_cache=use_cache,
+            # rows of an embedding padded beyond the tokenizer (HF checkpoints) must not be emitted
+            suppress_tokens=extra_rows or None, **({"temperature": float(temperature), "top_p": float(top_p)}
+                                                   if sample else {}))
+        embeds, mask = self.input_embeddings(batch), batch["attention_mask"]
+        beams = int(num_beams)
+        supply = _LaVINStepInputs(embeds.repeat_interleave(beams, 0), mask.repeat_interleave(beams, 0),
+                                  self.llm.get_input_embeddings())
+        handle = self.llm.register_forward_pre_hook(supply, with_kwargs=True)
+        try:
+            with self._reused_routing():
+                tokens = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config,
+                                           synced_gpus=synced_gpus)
+        finally:
+            handle.remove()
         eos = self.tokenizer.eos_id
-        tokens = torch.full((B, max_new_tokens), PAD_ID, dtype=torch.long, device=embeds.device)
-        finished = torch.zeros(B, dtype=torch.bool, device=embeds.device)
-        embed_tokens = self.llm.get_input_embeddings()
+        return [self.tokenizer.decode(row[: row.index(eos)] if eos in row else row) for row in tokens.tolist()]
 
-        def pick(logits: torch.Tensor) -> torch.Tensor:
-            # An embedding padded beyond the tokenizer (e.g. HF checkpoints with extra rows) must not emit ids the
-            # tokenizer cannot decode.
-            logits[..., self.tokenizer.vocab_size:] = float("-inf")
-            if temperature <= 0:
-                return logits.argmax(-1)
-            return sample_top_p(torch.softmax(logits.float() / temperature, dim=-1), top_p)
 
-        with self._reused_routing() if use_cache else nullcontext():
-            if use_cache:
-                cache = {hf_compat.cache_keyword(self.llm.model): hf_compat.new_dynamic_cache(self.llm.config)}
-                out = self._run(embeds, mask, use_cache=True, **cache)
-                key_ok = mask.bool().clone()
-                key_ok[:, MODALITY_COLUMN] = False
-                next_pos = mask.long().sum(1, keepdim=True)  # modality is position 0, so count = next position
-            else:
-                out = self._run(embeds, mask, use_cache=False)
-            logits = self.llm.lm_head(out.last_hidden_state[:, -1])
-            for step in range(max_new_tokens):
-                new = torch.where(finished, torch.full_like(finished, PAD_ID, dtype=torch.long), pick(logits))
-                tokens[:, step] = new
-                finished |= new == eos
-                done = bool(finished.all())
-                if synced_gpus:
-                    done = dist.all_ranks(done)
-                if done or step == max_new_tokens - 1:
-                    break
-                new_embeds = embed_tokens(new)[:, None]
-                if use_cache:
-                    key_ok = torch.cat([key_ok, torch.ones_like(key_ok[:, :1])], dim=1)
-                    bias = torch.zeros(B, 1, 1, key_ok.shape[1], dtype=embeds.dtype, device=embeds.device)
-                    bias = bias.masked_fill(~key_ok[:, None, None, :], torch.finfo(embeds.dtype).min)
-                    out = self.llm.model(inputs_embeds=new_embeds, attention_mask=bias, position_ids=next_pos,
-                                         use_cache=True, **cache)
-                    next_pos = next_pos + 1
-                else:
-                    embeds = torch.cat([embeds, new_embeds], dim=1)
-                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                    out = self._run(embeds, mask, use_cache=False)
-                logits = self.llm.lm_head(out.last_hidden_state[:, -1])
-        texts = []
-        for row in tokens.tolist():
-            texts.append(self.tokenizer.decode(row[: row.index(eos)] if eos in row else row))
-        return texts
+class _LaVINStepInputs:
+    """Forward pre-hook on the LM for one ``generate`` call: LaVIN's own attention mask and positions for each step.
+
+    Each call is placed in the sequence (the prompt, then generated tokens, every one of them real) from the KV-cache
+    object it carries (found by type, as for OpenFlamingo), never from what transformers passes besides: its queries
+    get :func:`attention_bias` rows over the prompt's padding mask extended by the generated tokens (the modality
+    column hidden) and :func:`position_ids`. A call without a cache recomputes the whole sequence, so the prompt's
+    embeddings are put back in front of the generated tokens. A call that does not fit raises.
+    """
+
+    def __init__(self, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, embed_tokens: nn.Module) -> None:
+        self.prompt_embeds, self.prompt_mask, self.embed_tokens = prompt_embeds, prompt_mask, embed_tokens
+        self.fed = 0  # sequence positions that have gone through the model (and into its cache) so far
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        cache = hf_compat.find_cache(args, kwargs)
+        start = cache.get_seq_length() if cache is not None else 0
+        embeds = kwargs.pop("inputs_embeds", None)
+        ids = kwargs.pop("input_ids", None)
+        if embeds is None:
+            embeds = self.embed_tokens(ids)
+            if start == 0:  # no cache: the prompt, then what was generated so far
+                embeds = torch.cat([self.prompt_embeds.to(embeds.dtype), embeds], dim=1)
+        rows, n = embeds.shape[:2]
+        prompt_len = self.prompt_mask.shape[1]
+        if rows != self.prompt_mask.shape[0] or (cache is not None and start != self.fed) or start + n < prompt_len:
+            raise RuntimeError(f"LaVIN generation: a step of {rows} x {n} tokens after {start} cached positions "
+                               f"({self.fed} fed) does not fit the {tuple(self.prompt_mask.shape)} prompt "
+                               "(see docs/compatibility.md)")
+        self.fed = start + n
+        generated = self.prompt_mask.new_ones(rows, start + n - prompt_len)
+        mask = torch.cat([self.prompt_mask, generated], dim=1)
+        kwargs.pop("attention_mask", None)
+        kwargs["inputs_embeds"] = embeds
+        kwargs["attention_mask"] = attention_bias(mask, embeds.dtype, start, n)
+        kwargs["position_ids"] = position_ids(mask)[:, start:start + n]
+        return args, kwargs

@@ -256,7 +256,9 @@ def quantize_decoder_linears(model: nn.Module, bits: str, device: str | torch.de
     Done one layer at a time: each weight is quantized while it moves to ``device`` (bitsandbytes quantizes on
     ``.to``), so the full-precision model never has to fit on the device.
     """
-    import bitsandbytes as bnb
+    from vlmkit.extras import require
+
+    bnb = require("bitsandbytes", "quant", f"model.quantization={bits!r}")
 
     if bits not in ("8bit", "4bit"):
         raise ConfigError(f"model.quantization must be null, 8bit or 4bit, got '{bits}'")

@@ -18,8 +18,9 @@ from vlmkit.models.llama import _SHARD_DIM_GLOBAL, _SHARD_DIM_LAYER, SentencePie
 #: A 2-layer LLaMA small enough for CPU tests (vocab_size -1: taken from the tokenizer, as in Meta's files).
 TINY_LLAMA_PARAMS = {"dim": 64, "n_layers": 2, "n_heads": 4, "multiple_of": 32, "norm_eps": 1e-6, "vocab_size": -1}
 #: open_clip ``vision_cfg`` of a 2-block ViT on 32×32 images (2 CLS taps with ``tap_every: 1``).
-TINY_CLIP_VISION_CFG = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8, "mlp_ratio": 2.0}
-#: Model-config keys that turn the 7B recipe (configs/models/lavin.yaml) into the tiny CPU model.
+TINY_CLIP_VISION_CFG = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8, "mlp_ratio": 2.0,
+                        "quick_gelu": True}
+#: Model-config keys that turn the 7B recipe (vlmkit/configs/models/lavin.yaml) into the tiny CPU model.
 TINY_LAVIN_OVERRIDES = {"llama_size": "tiny", "dtype": "float32", "clip_vision_cfg": TINY_CLIP_VISION_CFG,
                         "clip_weights": None, "tap_every": 1, "hidden_proj": 32, "max_seq_len": 256}
 #: Standard deviation of the random weights: large enough that logits differ between tokens, small enough to stay finite.
@@ -92,11 +93,12 @@ def write_meta_checkpoint(root: str | Path, size_name: str, params: Mapping[str,
 
 
 def tiny_lavin_config(llama_root: str | Path, **overrides: Any) -> Any:
-    """configs/models/lavin.yaml with ``TINY_LAVIN_OVERRIDES`` and ``overrides`` applied (an OmegaConf DictConfig)."""
+    """vlmkit/configs/models/lavin.yaml with ``TINY_LAVIN_OVERRIDES`` and ``overrides`` applied (an OmegaConf DictConfig)."""
     from omegaconf import OmegaConf
 
-    from vlmkit.config import defaults_for
+    from vlmkit.registry import MODELS
+    from vlmkit.schema import defaults_of
 
-    cfg = defaults_for("model", "lavin")
+    cfg = defaults_of(MODELS.get("lavin"))
     given = {**TINY_LAVIN_OVERRIDES, "llama_root": str(llama_root), **overrides}
     return OmegaConf.merge(cfg, OmegaConf.create(given))

@@ -1,27 +1,36 @@
-"""Image transforms (PIL image → normalised tensor) that datasets apply through ``model.image_transform``."""
+"""Image transforms (PIL image → normalised tensor) that datasets apply through ``model.image_transform``.
+
+The normalisation statistics are model settings, kept in each model's defaults (``image_mean`` / ``image_std``):
+LaVIN uses ImageNet's, OpenFlamingo CLIP's own.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-# LaVIN normalises with ImageNet's statistics (timm's IMAGENET_DEFAULT_MEAN/STD), not CLIP's own
-# (0.4815, 0.4578, 0.4082)/(0.2686, 0.2613, 0.2758) — the released adapters were trained on these inputs.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+ImageTransform = Callable[[Any], torch.Tensor]
 
 
-def lavin_image_transform(size: int = 224) -> Callable[[Any], torch.Tensor]:
-    """Resize to (size, size) with bicubic interpolation (no crop, aspect not kept), to tensor, ImageNet-normalise."""
+def squash_resize_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> ImageTransform:
+    """LaVIN's: resize to (size, size) with bicubic interpolation (no crop, aspect not kept), to tensor, normalise."""
     from torchvision import transforms
 
     return transforms.Compose([
         transforms.Lambda(_to_rgb),
         transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        transforms.Normalize(tuple(mean), tuple(std)),
     ])
+
+
+def center_crop_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> ImageTransform:
+    """open_clip's evaluation preprocessing (what open-flamingo applies): resize the shorter side (bicubic), center
+    crop to ``size``, RGB, to tensor, normalise."""
+    from open_clip import image_transform
+
+    return image_transform(size, is_train=False, mean=tuple(mean), std=tuple(std))
 
 
 def _to_rgb(image: Any) -> Any:

@@ -8,9 +8,7 @@ samples), and ``evaluate`` scores them once, on rank 0.
 """
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from vlmkit import dist
+from vlmkit.io import write_json_atomic
 
 
 class Evaluator:
@@ -55,9 +54,26 @@ class Task:
     def from_config(cls, cfg: DictConfig) -> "Task":
         return cls(cfg)
 
-    def build_datasets(self, model: Any) -> dict[str, dict[str, Dataset]]:
-        """``{dataset_name: {split: Dataset}}`` for the splits this run uses."""
+    def build_datasets(self, model: Any, splits: Sequence[str] | None = None,
+                       train: Sequence[str] | None = None) -> dict[str, dict[str, Dataset]]:
+        """``{dataset_name: {split: Dataset}}`` for ``splits``; those also in ``train`` are built for training (with
+        targets). The runner passes both; without them, every split the run names (see :meth:`run_splits`)."""
         raise NotImplementedError
+
+    def run_splits(self, splits: Sequence[str] | None, train: Sequence[str] | None) -> tuple[list[str], list[str]]:
+        """``splits`` and ``train`` as given, or the run's own (train + val + test, and train)."""
+        run = self.cfg.run
+        if train is None:
+            train = [s for s in run.get("train_splits") or [] if splits is None or s in splits]
+        if splits is None:
+            splits = [*train, *(run.get("val_splits") or []), *(run.get("test_splits") or [])]
+        return list(dict.fromkeys(splits)), list(train)
+
+    def format_table(self, metrics: Mapping[str, Any]) -> str:
+        """How an evaluation's metrics are printed (and logged): ``metric  value`` rows of the scalars by default."""
+        rows = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        width = max((len(k) for k, _ in rows), default=0)
+        return "\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows)
 
     def build_evaluator(self, dataset_name: str, split: str, dataset: Dataset) -> Evaluator:
         raise NotImplementedError
@@ -66,16 +82,6 @@ class Task:
         """Keyword arguments for ``model.generate`` (from ``run.generate``)."""
         gen = self.cfg.run.get("generate") or {}
         return dict(gen)
-
-
-def write_json_atomic(obj: Any, path: str | Path) -> None:
-    """Write JSON via a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=isinstance(obj, dict))
-    tmp.replace(path)
 
 
 def merge_predictions(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -107,5 +113,5 @@ def run_evaluation(
     if dist.is_main():
         metrics = evaluator.evaluate(merged)
         if predictions_path is not None:
-            write_json_atomic(evaluator.format_predictions(merged), predictions_path)
+            write_json_atomic(predictions_path, evaluator.format_predictions(merged))
     return dist.broadcast_object(metrics)

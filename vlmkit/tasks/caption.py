@@ -42,6 +42,8 @@ class CaptionEvaluator(GenerationEvaluator):
 
 @TASKS.register("caption")
 class CaptionTask(GenerativeTask):
+    """``run.task: caption``: image captioning (COCO), generations scored with pycocoevalcap (CIDEr, BLEU, METEOR, ROUGE-L)."""
+
     main_metric = "CIDEr"
     table_metrics = ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L")
     table_scale = 100.0

@@ -60,19 +60,15 @@ class GenerativeTask(Task):
     table_metrics: tuple[str, ...] = ()
     table_scale: float = 1.0
 
-    def build_datasets(self, model: Any, splits: Sequence[str] | None = None) -> dict[str, dict[str, Dataset]]:
-        """``{dataset: {split: Dataset}}``; ``splits`` restricts which splits are built (default: all the run uses)."""
-        run = self.cfg.run
-        train_splits = list(run.get("train_splits") or [])
-        eval_splits = [s for s in list(run.get("val_splits") or []) + list(run.get("test_splits") or [])
-                       if s not in train_splits]
-        if splits is not None:
-            train_splits = [s for s in train_splits if s in splits]
-            eval_splits = [s for s in splits if s not in train_splits]
+    def build_datasets(self, model: Any, splits: Sequence[str] | None = None,
+                       train: Sequence[str] | None = None) -> dict[str, dict[str, Dataset]]:
+        """``{dataset: {split: Dataset}}``; a split in ``train`` is built for training even if it is also evaluated."""
+        splits, train_splits = self.run_splits(splits, train)
+        eval_splits = [s for s in splits if s not in train_splits]
         transform = getattr(model, "image_transform", None)
         out: dict[str, dict[str, Dataset]] = {}
         for name, dcfg in self.cfg.datasets.items():
-            builder = DATASETS.get(name)(dcfg)
+            builder = DATASETS.build_named(str(name), dcfg, f"datasets.{name}")
             sets: dict[str, Dataset] = {s: builder.build(s, transform, train=True) for s in train_splits}
             fewshot = dcfg.get("fewshot")
             demos = None

@@ -7,7 +7,7 @@ scorer counts it wrong — and reports how many there were as ``unparsed``. Resu
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -66,17 +66,14 @@ class ScienceQATask(Task):
 
     main_metric = "Average"
 
-    def build_datasets(self, model: Any) -> dict[str, dict[str, Dataset]]:
-        run = self.cfg.run
-        train_splits = list(run.train_splits or [])
-        splits = dict.fromkeys([*train_splits, *(run.val_splits or []), *(run.test_splits or [])])
+    def build_datasets(self, model: Any, splits: Sequence[str] | None = None,
+                       train: Sequence[str] | None = None) -> dict[str, dict[str, Dataset]]:
+        splits, train_splits = self.run_splits(splits, train)
         transform = getattr(model, "image_transform", None)
-        return {
-            name: {split: DATASETS.get(name).build_split(dcfg, split, image_transform=transform,
-                                                        train=split in train_splits)
-                   for split in splits}
-            for name, dcfg in self.cfg.datasets.items()
-        }
+        builders = {str(name): DATASETS.build_named(str(name), dcfg, f"datasets.{name}")
+                    for name, dcfg in self.cfg.datasets.items()}
+        return {name: {split: builder.build(split, transform, train=split in train_splits) for split in splits}
+                for name, builder in builders.items()}
 
     def build_evaluator(self, dataset_name: str, split: str, dataset: Dataset) -> ScienceQAEvaluator:
         return ScienceQAEvaluator(dataset.problems)  # type: ignore[attr-defined]

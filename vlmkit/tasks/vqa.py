@@ -42,6 +42,8 @@ class VQAEvaluator(GenerationEvaluator):
 
 @TASKS.register("vqa")
 class VQATask(GenerativeTask):
+    """``run.task: vqa``: open-ended visual question answering (VQAv2), scored with the official VQA accuracy."""
+
     main_metric = "overall"
     table_metrics = ("overall",)
 

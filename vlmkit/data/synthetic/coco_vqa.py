@@ -142,7 +142,7 @@ def write_synthetic_coco(out: Path, n_train: int = 32, n_val: int = 8, n_test: i
 
 
 def add_synthetic_arguments(parser: argparse.ArgumentParser, coco: bool) -> None:
-    """Arguments of ``tools/prepare_data.py synthetic-vqav2`` (coco=False) / ``synthetic-coco`` (coco=True)."""
+    """Arguments of ``vlmkit prepare-data synthetic-vqav2`` (coco=False) / ``synthetic-coco`` (coco=True)."""
     parser.add_argument("--out", required=True, help="output directory (the dataset root)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=64)

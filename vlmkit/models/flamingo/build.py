@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from vlmkit.errors import CheckpointError, ConfigError, missing_file
+from vlmkit.extras import EXTRAS, require
+from vlmkit.models.clip import HOW_TO_OBTAIN, build_clip_vision
 from vlmkit.models.flamingo.modules import EmbeddingWithNewTokens
 
 MEDIA_TOKEN = "<image>"
@@ -29,9 +31,7 @@ DECODER_LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", 
 LM_HOW_TO_OBTAIN = ("how to obtain: a Hugging Face directory of LLaMA-7B (config.json, weights, tokenizer), e.g. made "
                     "with transformers' convert_llama_weights_to_hf from Meta's files; set model.lm.path or "
                     "VLMKIT_FLAMINGO_LM; see docs/flamingo.md")
-CLIP_HOW_TO_OBTAIN = ("how to obtain: download open_clip_model.safetensors of the ViT-L-14 'openai' weights (Hugging "
-                      "Face repo timm/vit_large_patch14_clip_224.openai) and set model.vision.weights or "
-                      "VLMKIT_FLAMINGO_CLIP; see docs/flamingo.md")
+CLIP_HOW_TO_OBTAIN = HOW_TO_OBTAIN.format(key="model.vision.weights", env="VLMKIT_FLAMINGO_CLIP") + "; see docs/flamingo.md"
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,9 @@ def load_language_model(cfg: Mapping[str, Any], vocab_size: int, dtype: torch.dt
     if quantization is not None:
         from transformers import BitsAndBytesConfig
 
+        for module in EXTRAS["quant"][0]:  # transformers' own message for a missing one is a long traceback
+            require(module, "quant", f"model.lm.quantization={quantization}")
+
         if quantization == "8bit":
             options["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         elif quantization == "4bit":
@@ -169,59 +172,6 @@ def apply_lora(lm: nn.Module, cfg: Mapping[str, Any]) -> None:
 
 
 def build_vision_tower(cfg: Mapping[str, Any], dtype: torch.dtype) -> nn.Module:
-    """open_clip's ``VisionTransformer`` (frozen, eval mode) from a model name or a tiny ``vision_cfg``; weights from a
-    file.
-
-    ``cfg['tiny']``: an open_clip ``vision_cfg`` mapping (plus optional ``embed_dim``, the unused projection's width).
-    ``cfg['weights']``: an open_clip CLIP state dict (``visual.*`` keys), a tower-only state dict, or null for random.
-    """
-    from open_clip import get_model_config
-    from open_clip.model import _build_vision_tower  # builds the image tower alone (no unused text tower)
-
-    if cfg.get("tiny") is not None:
-        vision_cfg = dict(cfg["tiny"])
-        embed_dim = int(vision_cfg.pop("embed_dim", vision_cfg["width"]))
-    else:
-        model_cfg = get_model_config(cfg["model_name"])
-        if model_cfg is None:
-            raise ConfigError(f"model.vision.model_name '{cfg['model_name']}' is not an open_clip model config")
-        vision_cfg, embed_dim = dict(model_cfg["vision_cfg"]), int(model_cfg["embed_dim"])
-    if vision_cfg.get("timm_model_name") or isinstance(vision_cfg.get("layers"), (list, tuple)):
-        raise ConfigError("model.vision must be an open_clip ViT (no timm or ResNet towers)")
-    quick_gelu = bool(cfg["quick_gelu"])
-    if cfg.get("weights") is None:
-        visual = _build_vision_tower(embed_dim, vision_cfg, quick_gelu=quick_gelu)
-    else:
-        state = read_clip_state_dict(Path(str(cfg["weights"])))
-        with torch.device("meta"):  # skip the random init that the loaded weights replace
-            visual = _build_vision_tower(embed_dim, vision_cfg, quick_gelu=quick_gelu)
-        try:
-            visual.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as e:
-            raise CheckpointError(f"{cfg['weights']} does not fit open_clip '{cfg.get('model_name')}' "
-                                  f"(model.vision): {' '.join(str(e).split())[:300]}") from e
+    """The frozen CLIP ViT (eval mode) of ``model.vision`` (vlmkit/models/clip.py, the one CLIP loader)."""
+    visual = build_clip_vision(str(cfg["model_name"]), cfg.get("weights"), cfg.get("tiny"), CLIP_HOW_TO_OBTAIN)
     return visual.to(dtype).requires_grad_(False).eval()
-
-
-def read_clip_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The image-tower tensors of an open_clip checkpoint (safetensors or a torch file of plain tensors)."""
-    if not path.is_file():
-        raise missing_file(path, "CLIP vision weights", CLIP_HOW_TO_OBTAIN)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: Any = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except RuntimeError as e:
-            hint = ("OpenAI's TorchScript archive is not read (it is not plain tensors); "
-                    if "TorchScript" in str(e) or "constants.pkl" in str(e) else "")
-            raise CheckpointError(f"cannot read CLIP weights {path}: {hint}{CLIP_HOW_TO_OBTAIN}") from e
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    for prefix in ("visual.", "vision_encoder."):  # a whole CLIP, or an open-flamingo state dict
-        if any(k.startswith(prefix) for k in state):
-            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return state

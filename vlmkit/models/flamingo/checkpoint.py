@@ -14,20 +14,18 @@ frozen.
 """
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from vlmkit.errors import CheckpointError, ConfigError, missing_file
+from vlmkit.io import write_atomic
 from vlmkit.models.base import LoadReport
 
-if TYPE_CHECKING:
-    from vlmkit.models.flamingo.model import OpenFlamingo
 
 CHECKPOINT_HOW_TO_OBTAIN = ("how to obtain: checkpoint.pt of a released OpenFlamingo model (e.g. Hugging Face repo "
                             "openflamingo/OpenFlamingo-9B-deprecated for LLaMA-7B), or a file written by "
@@ -87,7 +85,7 @@ def _with_base_layer(name: str) -> str:
     return f"{head}.base_layer.{leaf}"
 
 
-def to_model_names(model: OpenFlamingo, state: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
+def to_model_names(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
     """Map checkpoint keys (open-flamingo's or this model's own) to parameter names: ``{name: (file key, tensor)}``."""
     targets = _targets(model)
     layers, embed, vocab = model.layers_param_prefix, model.embedding_param_prefix, model.tokens.base_vocab
@@ -124,7 +122,7 @@ def _is_quantized(tensor: torch.Tensor) -> bool:
     return type(tensor).__name__ in ("Int8Params", "Params4bit")
 
 
-def load_openflamingo_state_dict(model: OpenFlamingo, state: Mapping[str, torch.Tensor],
+def load_openflamingo_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor],
                                  strict: bool = True) -> OpenFlamingoLoadReport:
     """Load a state dict in open-flamingo's layout or this model's own (trainable-only or full)."""
     named = to_model_names(model, state)
@@ -160,12 +158,12 @@ def load_openflamingo_state_dict(model: OpenFlamingo, state: Mapping[str, torch.
     return report
 
 
-def load_openflamingo_checkpoint(model: OpenFlamingo, path: str | Path, strict: bool = True) -> OpenFlamingoLoadReport:
+def load_openflamingo_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> OpenFlamingoLoadReport:
     """Load an OpenFlamingo ``checkpoint.pt`` / ``.safetensors`` (released, open-flamingo-trained or vlmkit-saved)."""
     return load_openflamingo_state_dict(model, read_checkpoint(path), strict=strict)
 
 
-def openflamingo_state_dict(model: OpenFlamingo) -> dict[str, torch.Tensor]:
+def openflamingo_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The trainable weights under open-flamingo's key names (what its released ``checkpoint.pt`` files hold)."""
     embed = model.embedding_param_prefix
     state: dict[str, torch.Tensor] = {}
@@ -182,7 +180,7 @@ def openflamingo_state_dict(model: OpenFlamingo) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_openflamingo_checkpoint(model: OpenFlamingo, path: str | Path) -> Path:
+def save_openflamingo_checkpoint(model: nn.Module, path: str | Path) -> Path:
     """Write :func:`openflamingo_state_dict` to ``path`` (``.safetensors``, else a torch file like ``checkpoint.pt``).
 
     open-flamingo reads it with ``model.load_state_dict(torch.load(path), strict=False)`` and finds no unexpected keys.
@@ -190,12 +188,8 @@ def save_openflamingo_checkpoint(model: OpenFlamingo, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.to("cpu").contiguous().clone() for k, v in openflamingo_state_dict(model).items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, str(tmp))
-    else:
-        torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves half a checkpoint
-    return path
+        return write_atomic(path, lambda tmp: save_file(state, str(tmp)))
+    return write_atomic(path, lambda tmp: torch.save(state, tmp))

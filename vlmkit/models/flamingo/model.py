@@ -16,35 +16,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from vlmkit.errors import ConfigError
-from vlmkit.models.base import LoadReport, VLModel
 from vlmkit.models import hf_compat
+from vlmkit.models.base import LoadReport, VLModel
+from vlmkit.models.clip import clip_patch_tokens
 from vlmkit.models.flamingo import build
 from vlmkit.models.flamingo.checkpoint import load_openflamingo_checkpoint, load_openflamingo_state_dict
 from vlmkit.models.flamingo.collate import IGNORE_INDEX, FlamingoCollator
 from vlmkit.models.flamingo.modules import (FlamingoDecoderLayer, GatedCrossAttentionBlock, MediaContext,
-                                            PerceiverResampler, clip_patch_tokens, media_text_time)
+                                            PerceiverResampler, media_text_time)
+from vlmkit.processors.image import center_crop_transform
 from vlmkit.registry import MODELS
 
 logger = logging.getLogger(__name__)
-
-# CLIP's normalisation (open_clip OPENAI_DATASET_MEAN/STD), which open-flamingo's image processor applies.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def resolve_config(cfg: Mapping[str, Any]) -> DictConfig:
-    """configs/models/openflamingo.yaml ⊕ ``cfg``, resolved (callers may give only the keys they change)."""
-    from vlmkit.config import defaults_for
-
-    given = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-    merged = OmegaConf.merge(defaults_for("model", "openflamingo"), given)
-    OmegaConf.resolve(merged)
-    return merged
-
 
 #: Parts of open_clip's ViT after the tapped patch tokens (final norm and projection): never part of the forward.
 UNUSED_VISION_PARAMS = ("ln_post", "proj")
@@ -53,6 +39,8 @@ UNUSED_VISION_PARAMS = ("ln_post", "proj")
 @MODELS.register("openflamingo")
 class OpenFlamingo(VLModel):
     """Frozen CLIP ViT + Perceiver resampler + frozen causal LM with gated cross-attention before every n-th layer."""
+
+    default_config = "models/openflamingo.yaml"  # every model key and its default (vlmkit/configs/)
 
     #: Entry points besides ``forward`` that use the weights (registered with FSDP, see vlmkit/engine/fsdp.py).
     fsdp_forward_methods = ("generate", "generate_ids")
@@ -85,15 +73,15 @@ class OpenFlamingo(VLModel):
                                            if m is lang_encoder.get_input_embeddings())
         self.image_size = int(vision_encoder.image_size[0] if isinstance(vision_encoder.image_size, (tuple, list))
                               else vision_encoder.image_size)
-        self.image_transform = clip_image_transform(self.image_size)
+        self.image_transform = center_crop_transform(self.image_size, cfg["vision"]["image_mean"],
+                                                     cfg["vision"]["image_std"])
         self.set_gradient_checkpointing(bool(cfg.get("gradient_checkpointing", False)))
         self._set_trainable(train_backbone=bool(cfg.get("train_backbone", False)))
 
     # ----------------------------------------------------------------------------------------------------------- build
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], device: torch.device | str | None = None) -> OpenFlamingo:
-        """Build from a ``model:`` config (missing keys take configs/models/openflamingo.yaml's values)."""
-        cfg = resolve_config(cfg)
+        """Build from a complete ``model:`` config (``MODELS.build`` / the config loader merge the defaults)."""
         device = torch.device(device or "cpu")
         if cfg.dtype not in build.DTYPES:
             raise ConfigError(f"model.dtype must be one of {', '.join(build.DTYPES)}, got {cfg.dtype!r}")
@@ -204,13 +192,13 @@ class OpenFlamingo(VLModel):
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 20, num_beams: int = 3, length_penalty: float = 0.0,
                  temperature: float = 0.0, top_p: float = 1.0, do_sample: bool | None = None,
-                 synced_gpus: bool = False, **ignored: Any) -> list[str]:
+                 synced_gpus: bool = False) -> list[str]:
         """Continuations of the (left-padded) prompts, stopping at ``<|endofchunk|>``; special tokens removed.
 
         Greedy/beam search by default; sampling when ``do_sample`` or (``do_sample`` None and) ``temperature > 0``,
         only then are ``temperature`` and ``top_p`` used. ``synced_gpus`` (set by the runner under FSDP): keep stepping
-        until every rank has finished, since each step all-gathers sharded weights. Other keyword arguments are
-        accepted and ignored.
+        until every rank has finished, since each step all-gathers sharded weights. These parameters are what
+        ``run.generate`` may set (the config loader checks its keys against this signature).
         """
         new_tokens = self.generate_ids(batch, max_new_tokens=max_new_tokens, num_beams=num_beams,
                                        length_penalty=length_penalty, temperature=temperature, top_p=top_p,
@@ -300,10 +288,3 @@ class _MediaForGeneration:
         kwargs["media"] = MediaContext(self.media, self.text_time(start, input_ids))
         self.fed = start + input_ids.shape[1]
         return args, kwargs
-
-
-def clip_image_transform(image_size: int) -> Any:
-    """open_clip's evaluation preprocessing: resize (bicubic) + center crop to ``image_size``, RGB, CLIP mean/std."""
-    from open_clip import image_transform
-
-    return image_transform(image_size, is_train=False, mean=CLIP_MEAN, std=CLIP_STD)

@@ -1,4 +1,4 @@
-"""OpenFlamingo's building blocks: the vision tap, Perceiver resampler, gated cross-attention, and the two wrappers that
+"""OpenFlamingo's building blocks: Perceiver resampler, gated cross-attention, and the two wrappers that
 put them into a Hugging Face causal LM (a decoder-layer wrapper and an input embedding with trainable new-token rows).
 
 Parameter names follow open-flamingo's own (``perceiver.layers.{i}.0.to_q``, ``...gated_cross_attn_layer.ff_gate``,
@@ -30,29 +30,6 @@ class MediaContext:
 def media_text_time(input_ids: torch.Tensor, media_token_id: int) -> torch.Tensor:
     """text_time = cumsum(input_ids == <image>): the image a token follows (its own <image> tag included)."""
     return (input_ids == media_token_id).long().cumsum(dim=-1)
-
-
-def clip_patch_tokens(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Patch tokens of an open_clip ``VisionTransformer`` after its last block, BEFORE ``ln_post``, CLS dropped.
-
-    open_clip 2.16 (what the released OpenFlamingo weights were trained with) returned these; 3.x applies ``ln_post``
-    first. The blocks are run here from the tower's sub-modules so the result is the same with any open_clip version.
-    """
-    x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (N, width, grid, grid)
-    x = x.flatten(2).transpose(1, 2)  # (N, grid*grid, width)
-    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-    x = visual.patch_dropout(x)
-    x = visual.ln_pre(x)
-    # open_clip < 2.24 runs its blocks sequence-first; newer versions batch-first (Transformer.batch_first).
-    batch_first = getattr(visual.transformer, "batch_first", False)
-    if not batch_first:
-        x = x.transpose(0, 1)
-    for block in visual.transformer.resblocks:
-        x = block(x)
-    if not batch_first:
-        x = x.transpose(0, 1)
-    return x[:, 1:]
 
 
 def feed_forward(dim: int, mult: int) -> nn.Sequential:

@@ -1,0 +1,4 @@
+"""``python -m vlmkit ...`` = the ``vlmkit`` command."""
+from vlmkit.cli import console
+
+console()

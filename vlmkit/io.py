@@ -1,0 +1,96 @@
+"""Files and seeds, one way each: JSON reading with one-line errors, atomic writes, image decoding, seed mixing.
+
+Every reader turns a missing, unreadable or malformed input into a :class:`~vlmkit.errors.DataError` that says what
+the file is, where it is and how to obtain or fix it. Every writer writes a temporary file next to the target and moves
+it into place with ``os.replace``, so a crash never leaves half a file.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from vlmkit.errors import DataError, missing_file
+
+# What PIL raises on a truncated or non-image file (SyntaxError and ValueError come from some broken headers).
+IMAGE_READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
+
+
+def read_json(path: str | Path, what: str, how: str) -> Any:
+    """Load a JSON file; a missing, unreadable or malformed file becomes a one-line :class:`DataError`.
+
+    ``what`` names the file for the message ("VQA annotations"), ``how`` says how to obtain or fix it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise missing_file(path, what, how)
+    if path.is_dir():
+        raise DataError(f"{what} must be a JSON file, but {path} is a directory ({how})")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{what} is not valid JSON: {path} (line {e.lineno}, column {e.colno}: {e.msg}); "
+                        f"{how}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {what} {path}: {' '.join(str(e).split())} ({how})") from e
+
+
+def temporary_sibling(path: Path) -> Path:
+    """Where an atomic write of ``path`` writes first: a hidden file in the same directory (same file system)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """``with atomic_path(p) as tmp: write(tmp)`` — ``p`` appears complete or not at all; the temp file never stays."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` and move ``tmp`` to ``path`` (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=isinstance(obj, dict)) + "\n")
+
+
+def decode_image(data: bytes | Path, name: str, how: str = "re-download the file or remove the samples that use it"
+                 ) -> Image.Image:
+    """An RGB PIL image from a path or bytes; a missing or undecodable image is a DataError naming ``name``."""
+    if isinstance(data, Path) and not data.is_file():
+        raise missing_file(data, f"image {name}", how)
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+            return img.convert("RGB")  # convert() forces a full decode, so truncation is caught here
+    except IMAGE_READ_ERRORS as e:
+        raise DataError(f"cannot decode image {name}: {' '.join(str(e).split())} ({how})") from e
+
+
+def stable_seed(*parts: object) -> int:
+    """A 64-bit seed mixed from ``parts``: the same in every process and Python run (unlike ``hash()``), and nearby
+    inputs (epoch 1 vs 2, rank 0 vs 1) give unrelated seeds. Fits ``random.Random`` and ``torch.Generator``."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big")
