@@ -105,11 +105,43 @@ def _generate_options(arch: str, given: Any, source: str) -> None:
                               f"such parameter{hint}")
 
 
+#: Valid ranges of the numeric run keys: (lowest, lowest is allowed); null values are checked where they mean "off".
+RUN_RANGES: dict[str, tuple[float, bool]] = {
+    "batch_size": (1, True), "eval_batch_size": (1, True), "num_workers": (0, True), "epochs": (1, True),
+    "max_steps": (1, True), "accum_iter": (1, True), "effective_batch": (1, True), "lr": (0, False), "blr": (0, False),
+    "min_lr": (0, True), "weight_decay": (0, True), "eps": (0, False), "grad_clip": (0, False), "save_every": (0, True),
+    "eval_every": (0, True), "log_every": (1, True),
+}
+
+
 def _parse_options(options: Sequence[str]) -> DictConfig:
-    try:
-        return OmegaConf.from_dotlist(list(options))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad --options {list(options)}: {' '.join(str(e).split())}") from e
+    """``--options a.b=value ...``; an item without ``=`` or with an unparsable value is one error line."""
+    for item in options:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--options item '{item}' is not KEY=VALUE (e.g. run.lr=2e-3); to set null write "
+                              f"'{item.rstrip('=')}=null'")
+        try:
+            OmegaConf.from_dotlist([item])
+        except Exception as e:  # OmegaConf's own errors and yaml's parser errors for the value
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"--options item '{item}': the value '{value}' cannot be parsed ({first}); quote "
+                              "strings, close brackets: run.betas=[0.9,0.95]") from e
+    return OmegaConf.from_dotlist(list(options))
+
+
+def check_run_ranges(run: DictConfig, source: str) -> None:
+    """Every numeric run key within its valid range (RUN_RANGES), named by its dotted path."""
+    for key, (low, inclusive) in RUN_RANGES.items():
+        value = run.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if value < low or (value == low and not inclusive):
+            bound = f">= {low:g}" if inclusive else f"> {low:g}"
+            raise ConfigError(f"run.{key} must be {bound}, got {value!r} (in {source})")
+    betas = run.get("betas")
+    if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
+        raise ConfigError(f"run.betas must be two numbers in [0, 1), got {list(betas)} (in {source})")
 
 
 def load_config(path: str | Path, options: Sequence[str] = (), imports: Iterable[str] = ()) -> DictConfig:
@@ -149,6 +181,7 @@ def load_config(path: str | Path, options: Sequence[str] = (), imports: Iterable
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot resolve {source}: {' '.join(str(e).split())}") from e
+    check_run_ranges(cfg.run, source)
     return cfg
 
 

@@ -35,12 +35,22 @@ def read_json(path: str | Path, what: str, how: str) -> Any:
         raise DataError(f"{what} must be a JSON file, but {path} is a directory ({how})")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=lambda pairs: _unique_keys(pairs, path, what, how))
     except json.JSONDecodeError as e:
         raise DataError(f"{what} is not valid JSON: {path} (line {e.lineno}, column {e.colno}: {e.msg}); "
                         f"{how}") from e
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read {what} {path}: {' '.join(str(e).split())} ({how})") from e
+
+
+def _unique_keys(pairs: list[tuple[str, Any]], path: Path, what: str, how: str) -> dict[str, Any]:
+    """A JSON object whose keys are unique (``json`` would silently keep the last of two equal keys)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise DataError(f"{what} {path} has the key {key!r} twice (only one value can count); {how}")
+        obj[key] = value
+    return obj
 
 
 def temporary_sibling(path: Path) -> Path:

@@ -32,7 +32,7 @@ def score_scienceqa(args: argparse.Namespace) -> dict[str, Any]:
     results = load_scienceqa_results(args.results)
     pid_splits = load_pid_splits(args.problems) if args.split else None
     return scienceqa_scores(problems, results, split=args.split, pid_splits=pid_splits,
-                            problems_source=args.problems, results_source=args.results)
+                            problems_source=args.problems, results_source=args.results, partial=args.partial)
 
 
 def score_vqa(args: argparse.Namespace) -> dict[str, Any]:
@@ -42,7 +42,8 @@ def score_vqa(args: argparse.Namespace) -> dict[str, Any]:
     annotations = load_vqa_annotations(args.annotations)
     results = load_vqa_results(args.results)
     return vqa_scores(annotations, results, questions, annotations_source=args.annotations,
-                      results_source=args.results, questions_source=args.questions)
+                      results_source=args.results, questions_source=args.questions,
+                      allow_answer_count=args.allow_answer_count)
 
 
 def score_caption(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,12 +82,16 @@ def build_parser(prog: str = "python -m vlmkit.metrics") -> argparse.ArgumentPar
     sqa.add_argument("--split", default=None,
                      help="score only this split, e.g. test (pid_splits.json next to problems.json, else each "
                           "problem's 'split' field)")
+    sqa.add_argument("--partial", action="store_true",
+                     help="with --split: score results that cover only part of the split (the output says so)")
     sqa.set_defaults(command=score_scienceqa)
 
     vqa = sub.add_parser("vqa", parents=[common], help="VQA accuracy (overall, per answer / question type)")
     vqa.add_argument("--questions", required=True, help="v2_OpenEnded_mscoco_<split>2014_questions.json")
     vqa.add_argument("--annotations", required=True, help="v2_mscoco_<split>2014_annotations.json")
     vqa.add_argument("--results", required=True, help="results file [{question_id, answer}]")
+    vqa.add_argument("--allow-answer-count", action="store_true",
+                     help="score questions whose annotation does not hold 10 answers (the score then means less)")
     vqa.set_defaults(command=score_vqa)
 
     cap = sub.add_parser("caption", parents=[common], help="BLEU-1..4, METEOR, ROUGE-L, CIDEr (raw, not ×100)")

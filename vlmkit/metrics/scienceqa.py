@@ -86,13 +86,15 @@ def _select_split(problems: Mapping[str, dict], split: str, pid_splits: Mapping[
 
 def scienceqa_scores(problems: Mapping[str, dict], results: Mapping[str, int], *, split: str | None = None,
                      pid_splits: Mapping[str, Any] | None = None, problems_source: str = "problems",
-                     results_source: str = "results") -> dict[str, Any]:
+                     results_source: str = "results", partial: bool = False) -> dict[str, Any]:
     """Score predicted option indices against ScienceQA problems, by the official rules.
 
     Args:
         problems: ``problems.json`` content, problem id → problem (fields answer, subject, hint, image, grade, topic).
         results: problem id → predicted option index.
         split: keep only the problems of this split (and the results for them); ``None`` scores every result.
+            Results that do not cover the whole split are refused (the table would read as the split's), unless
+            ``partial``: then ``partial``, ``num_results`` and ``num_problems`` say how much was scored.
         pid_splits: ``pid_splits.json`` content used to select ``split``; without it, each problem's ``split`` field.
         problems_source, results_source: where the inputs came from (file paths), for error messages.
 
@@ -113,6 +115,11 @@ def scienceqa_scores(problems: Mapping[str, dict], results: Mapping[str, int], *
     if split is not None:
         selected = _select_split(problems, split, pid_splits, problems_source)
         predictions = {qid: index for qid, index in predictions.items() if qid in selected}
+        uncovered = len(selected) - len(predictions)
+        if uncovered and predictions and not partial:
+            raise DataError(f"{results_source} has results for {len(predictions)} of the {len(selected)} problems of "
+                            f"split '{split}' ({uncovered} missing): the scores would not be the split's; score the "
+                            "whole split, or pass --partial to score the subset (the output then says so)")
     if not predictions:
         where = f" for split '{split}'" if split is not None else ""
         raise DataError(f"no results to score{where} in {results_source}; write {RESULTS_FORMAT}")
@@ -142,6 +149,9 @@ def scienceqa_scores(problems: Mapping[str, dict], results: Mapping[str, int], *
     scores["Average"] = correct / len(predictions) * 100
     extra_topics = sorted(topics_seen - set(SQA_TOPICS))  # e.g. generated data with its own topics
     scores["topics"] = {topic: percent(_topic_key(topic)) for topic in (*SQA_TOPICS, *extra_topics)}
+    if split is not None and partial:
+        scores.update(partial=len(predictions) < len(selected), num_results=len(predictions),
+                      num_problems=len(selected))
     return scores
 
 

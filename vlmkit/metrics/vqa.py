@@ -85,6 +85,11 @@ RESULTS_HOW = 'write a JSON list [{"question_id": <int>, "answer": <str>}], one 
 MATCHES_FOR_FULL_CREDIT = 3
 
 
+#: Human answers per VQAv2 question; the accuracy formula min(1, matches / 3) averaged over 10 leave-one-out sets
+#: assumes it.
+ANSWERS_PER_QUESTION = 10
+
+
 def process_punctuation(text: str) -> str:
     """The official punctuation step: drop or space out the marks in :data:`PUNCTUATION`, then strip periods."""
     out = text
@@ -133,7 +138,7 @@ def vqa_question_accuracy(gt_answers: Sequence[str], prediction: str) -> float:
 
 def vqa_scores(annotations: list[dict], results: list[dict], questions: list[dict] | None = None, *,
                annotations_source: str = "annotations", results_source: str = "results",
-               questions_source: str = "questions") -> dict[str, Any]:
+               questions_source: str = "questions", allow_answer_count: bool = False) -> dict[str, Any]:
     """Official VQA accuracy of ``results`` (``[{question_id, answer}]``) against ``annotations``.
 
     Args:
@@ -141,6 +146,9 @@ def vqa_scores(annotations: list[dict], results: list[dict], questions: list[dic
             answers: [{answer, ...}]). Only the annotations of the questions in ``results`` are used.
         results: one ``{question_id, answer}`` per question; scores average over these questions.
         questions: the ``questions`` list of the question file; when given, every result must be one of them.
+        allow_answer_count: score questions whose annotation does not hold VQAv2's 10 answers (the formula's
+            min(1, matches / 3) then means something else: with 3 answers a perfect prediction scores 66.67); refused
+            by default.
         *_source: where the inputs came from (file paths), for error messages.
 
     Returns:
@@ -166,6 +174,10 @@ def vqa_scores(annotations: list[dict], results: list[dict], questions: list[dic
             raise DataError(f"question_id {qid!r} in {results_source} has no annotation in {annotations_source}; "
                             f"score the results against the annotation file of the split they were produced from")
         _check_annotation(annotation, annotations_source)
+        if len(annotation["answers"]) != ANSWERS_PER_QUESTION and not allow_answer_count:
+            raise DataError(f"annotation of question_id {qid!r} in {annotations_source} has "
+                            f"{len(annotation['answers'])} answers, not VQAv2's {ANSWERS_PER_QUESTION}: the official "
+                            "accuracy would change meaning; fix the file, or pass --allow-answer-count")
         accuracy = vqa_question_accuracy([a["answer"] for a in annotation["answers"]], result["answer"])
         accuracies.append(accuracy)
         per_answer_type.setdefault(annotation["answer_type"], []).append(accuracy)
