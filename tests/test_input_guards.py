@@ -106,3 +106,35 @@ def test_scienceqa_results_covering_part_of_a_split(tmp_path: Path) -> None:
     assert_one_error_line(run_tool(args), "results for 2 of the 4 problems of split 'test'")
     ok = run_tool([*args, "--partial"])
     assert ok.returncode == 0 and json.loads(ok.stdout)["partial"] is True
+
+
+def test_a_killed_save_leaves_no_temp_file_behind(tmp_path: Path) -> None:
+    """A SIGKILLed save leaves `.last.pt.<pid>.tmp`; the next save of that file removes it (its process is gone),
+    but never the file of a save still running in another process."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from vlmkit.engine.checkpoint import save_state
+
+    target = tmp_path / "checkpoints" / "last.pt"
+    target.parent.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = target.parent / f".last.pt.{int(gone.stdout)}.tmp"  # that process has exited
+    live = target.parent / f".last.pt.{os.getppid()}.tmp"  # a running process (the one that started pytest)
+    for f in (stale, live):
+        f.write_bytes(b"x" * 1024)
+    save_state({"step": 1, "w": torch.zeros(3)}, target)
+    assert target.is_file() and not stale.exists() and live.exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted(["last.pt", live.name])
+
+
+def test_output_dir_that_is_a_file_is_one_line(project: Path, tmp_path: Path) -> None:
+    existing = tmp_path / "a_file"
+    existing.write_text("not a directory")
+    res = run_tool([str(REPO / "tools/train.py"), "--cfg-path", str(project), "--options", f"run.output_dir={existing}"],
+                   env={"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"})
+    assert_one_error_line(res, f"run.output_dir {existing} is a file, not a directory")
+    assert existing.read_text() == "not a directory"

@@ -58,11 +58,41 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temp files of earlier writes of ``path`` whose process is gone (a save killed by SIGKILL leaves one,
+    and checkpoints are large); a live writer's file is left alone. Returns what was removed."""
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        if not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own earlier, failed write of this file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """``with atomic_path(p) as tmp: write(tmp)`` — ``p`` appears complete or not at all; the temp file never stays."""
+    """``with atomic_path(p) as tmp: write(tmp)`` — ``p`` appears complete or not at all; the temp file never stays,
+    and temp files that killed earlier writes left behind are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = temporary_sibling(path)
     try:
         yield tmp

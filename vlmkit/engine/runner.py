@@ -74,6 +74,9 @@ class Runner:
                  checkpoint: str | None = None) -> None:
         self.cfg, self.device = cfg, device
         self.output_dir = Path(cfg.run.output_dir)
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ConfigError(f"run.output_dir {self.output_dir} is a file, not a directory; choose another "
+                              "run.output_dir")
         seed_everything(int(cfg.run.seed))
         self.task = build_task(cfg)
         self.model = build_model(cfg, device)
