@@ -132,9 +132,9 @@ def test_a_step_that_cannot_be_placed_is_an_error(model: OpenFlamingo, batch: di
     hook = _MediaForGeneration(media, ids, model.media_token_id)
     _, kwargs = hook(model.lang_encoder, (), {"input_ids": ids})  # the prompt pass
     assert torch.equal(kwargs["media"].text_time, media_text_time(ids, model.media_token_id))
-    from vlmkit.models import hf_compat
+    from transformers import DynamicCache
 
-    cache = hf_compat.new_dynamic_cache(model.lang_encoder.config)  # empty, but the hook has fed the whole prompt
+    cache = DynamicCache(config=model.lang_encoder.config)  # empty, but the hook has fed the whole prompt
     with pytest.raises(RuntimeError, match="KV cache holds 0 positions but .* were fed"):
         hook(model.lang_encoder, (), {"input_ids": ids[:, -1:], "cache": cache})
     fresh = _MediaForGeneration(media, ids, model.media_token_id)

@@ -150,6 +150,13 @@ def test_attend_to_all_previous_images_mode(spm_tokenizer_path: Path) -> None:
     torch.testing.assert_close(changed[text_time == 0], base[text_time == 0], rtol=0, atol=0)
 
 
+def cache_keyword(module: torch.nn.Module) -> str:
+    """The name under which this transformers release's forward takes the KV cache (``cache`` from 5.2x)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 def test_cached_decoding_step_sees_the_last_image(model: OpenFlamingo) -> None:
     """One KV-cached step through the generation hook equals a full forward over prompt + token (v1 lost the image)."""
     batch = eval_batch(model, [(TWO_IMAGE_PROMPT, images(2)), ("<image>output:", images(1, seed=5))])
@@ -165,7 +172,7 @@ def test_cached_decoding_step_sees_the_last_image(model: OpenFlamingo) -> None:
             cache = hf_compat.find_cache((), dict(prefill))  # the output's cache, whatever this release names it
             step = model.lang_encoder(input_ids=token, attention_mask=torch.cat([mask, torch.ones_like(token)], 1),
                                       position_ids=position_ids[:, -1:] + 1, use_cache=True,
-                                      **{hf_compat.cache_keyword(model.lang_encoder): cache}).logits[:, -1]
+                                      **{cache_keyword(model.lang_encoder): cache}).logits[:, -1]
     finally:
         hook.remove()
     full = logits(model, {**batch, "input_ids": torch.cat([ids, token], 1),

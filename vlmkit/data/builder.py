@@ -5,12 +5,12 @@ gives it. A task builds every split it needs through this call, whatever the ben
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from torch.utils.data import Dataset
 
-ImageTransform = Callable[[Any], Any]
+from vlmkit.processors.image import ImageTransform
 
 
 class DatasetBuilder:

@@ -10,7 +10,7 @@ caption_file.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from vlmkit.data.builder import DatasetBuilder
 from vlmkit.errors import DataError, missing_file
 from vlmkit.io import IMAGE_READ_ERRORS, decode_image, read_json
+from vlmkit.processors.image import ImageTransform
 from vlmkit.processors.prompts import OPTION_LETTERS, PromptFormat, build_scienceqa_prompt
 from vlmkit.registry import DATASETS
 
@@ -33,7 +34,6 @@ OBTAIN = ("download ScienceQA from its official repository (see docs/scienceqa.m
           "`vlmkit prepare-data synthetic-scienceqa --out DIR`")
 REQUIRED_FIELDS = ("question", "choices", "answer")
 
-ImageTransform = Callable[[Image.Image], torch.Tensor]
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

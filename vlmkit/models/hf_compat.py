@@ -7,12 +7,10 @@ every dependency on transformers' internals and the versions tested.
 """
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import nn
 
 
 def _cache_class() -> type:
@@ -28,24 +26,6 @@ def find_cache(args: Iterable[Any], kwargs: dict[str, Any]) -> Any | None:
     if len(found) > 1 and any(value is not found[0] for value in found[1:]):
         raise RuntimeError("a language-model call carries two different KV caches; vlmkit cannot tell which is used")
     return found[0] if found else None
-
-
-def cache_keyword(module: nn.Module) -> str:
-    """The name under which ``module.forward`` takes its KV cache (``cache`` from transformers 5.2x, else
-    ``past_key_values``), read from the signature."""
-    parameters = inspect.signature(module.forward).parameters
-    for name in ("cache", "past_key_values"):
-        if name in parameters:
-            return name
-    raise RuntimeError(f"{type(module).__name__}.forward takes neither 'cache' nor 'past_key_values'; this transformers "
-                       "release is not supported (see docs/compatibility.md)")
-
-
-def new_dynamic_cache(config: Any) -> Any:
-    """An empty ``DynamicCache`` for a model with this config."""
-    from transformers import DynamicCache
-
-    return DynamicCache(config=config)
 
 
 def call_input_ids(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
