@@ -68,12 +68,12 @@ def main() -> None:
     lavin = trained_looking(LaVIN.from_config(tiny_lavin_config(llama_root, adapter_dropout=0.0)))
     batch = make_batch(lavin, rank, "what is shown")
     if rank == 0:
-        lavin.tokenizer.eos_id = early_stop_token(greedy_by_full_forward(lavin, batch, MAX_NEW))
+        lavin.tokenizer.eos_token_id = early_stop_token(greedy_by_full_forward(lavin, batch, MAX_NEW))
     reference = lavin.generate(batch, max_new_tokens=MAX_NEW)
     steps = len(greedy_by_full_forward(lavin, {k: v[:1] if hasattr(v, "shape") else v for k, v in batch.items()},
                                        MAX_NEW))
     sharded = shard_model(copy.deepcopy(lavin), RUN, device)
-    sharded.tokenizer.eos_id = lavin.tokenizer.eos_id  # a copied tokenizer reloads its own
+    sharded.tokenizer.eos_token_id = lavin.tokenizer.eos_token_id  # a copied tokenizer reloads its own
     results["lavin"] = {"reference": reference, "steps": steps,
                         "sharded": sharded.generate(batch, max_new_tokens=MAX_NEW, synced_gpus=True)}
 

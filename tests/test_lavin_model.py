@@ -111,7 +111,7 @@ def test_loss_on_target_tokens_only(model):
     tok = model.tokenizer
     for row, sample in zip(batch["labels"], samples()):
         scored = row[row != IGNORE_INDEX].tolist()
-        assert scored == tok.encode(sample["target"]) + [tok.eos_id]
+        assert scored == tok.encode(sample["target"], add_special_tokens=False) + [tok.eos_token_id]
     assert batch["labels"][:, 0].eq(IGNORE_INDEX).all()
     with torch.no_grad():
         loss = model(batch)["loss"]
@@ -132,17 +132,17 @@ def greedy_by_full_forward(model: LaVIN, batch: dict, steps: int) -> list[int]:
         with torch.no_grad():
             nxt = int(model.logits(batch)[0, -1].argmax())
         out.append(nxt)
-        if nxt == model.tokenizer.eos_id:
+        if nxt == model.tokenizer.eos_token_id:
             break
         batch["input_ids"] = torch.cat([batch["input_ids"], torch.tensor([[nxt]])], 1)
         batch["attention_mask"] = torch.cat([batch["attention_mask"], torch.ones(1, 1, dtype=torch.long)], 1)
-    return out[:-1] if out and out[-1] == model.tokenizer.eos_id else out
+    return out[:-1] if out and out[-1] == model.tokenizer.eos_token_id else out
 
 
 def test_generate_with_and_without_cache_equals_full_forward_argmax(model):
     for sample in samples()[:2]:  # with and without image
         batch = model.collator(train=False)([sample])
-        expected = model.tokenizer.decode(greedy_by_full_forward(model, batch, 10))
+        expected = model.decode(greedy_by_full_forward(model, batch, 10))
         assert model.generate(batch, max_new_tokens=10) == [expected]
         assert model.generate(batch, max_new_tokens=10, use_cache=False) == [expected]
         assert expected  # not an empty continuation
@@ -153,8 +153,8 @@ def test_generation_stops_at_eos(model):
     batch = lavin.collator(train=False)(samples()[:1])
     ids = greedy_by_full_forward(lavin, batch, 6)
     stop = next(i for i in range(1, 6) if ids[i] not in ids[:i])
-    lavin.tokenizer.eos_id = ids[stop]  # pretend that token is EOS
-    assert lavin.generate(batch, max_new_tokens=6) == [lavin.tokenizer.decode(ids[:stop])]
+    lavin.tokenizer.eos_token_id = ids[stop]  # pretend that token is EOS
+    assert lavin.generate(batch, max_new_tokens=6) == [lavin.decode(ids[:stop])]
 
 
 def test_left_padded_batch_equals_per_sample_generation(model):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmkit.errors import DataError
-from vlmkit.models.llama import SentencePieceTokenizer, load_llama, quantize_decoder_linears
+from vlmkit.models.llama import load_llama, load_llama_tokenizer
 from vlmkit.models.tiny import write_meta_checkpoint
 
 PARAMS = {"dim": 64, "n_layers": 2, "n_heads": 4, "multiple_of": 32, "norm_eps": 1e-6, "vocab_size": -1}
@@ -61,9 +61,9 @@ def meta_root(tmp_path_factory, spm_tokenizer_path):
 
 @pytest.fixture(scope="module")
 def tokens(spm_tokenizer_path):
-    tok = SentencePieceTokenizer(spm_tokenizer_path)
-    rows = [tok.encode("the answer is a because the red circle", bos=True),
-            tok.encode("which shape is shown in picture of dog", bos=True)]
+    tok = load_llama_tokenizer(spm_tokenizer_path)
+    rows = [tok.encode("the answer is a because the red circle"),
+            tok.encode("which shape is shown in picture of dog")]
     n = min(len(r) for r in rows)
     return torch.tensor([r[:n] for r in rows])
 
@@ -137,12 +137,12 @@ def test_hf_directory_missing_config(tmp_path):
 
 
 @pytest.mark.parametrize("bits, tolerance", [("8bit", 0.05), ("4bit", 0.3)])
-def test_quantized_build_and_forward_on_cpu(meta_root, tokens, bits, tolerance):
+def test_quantized_build_and_forward_on_cpu(meta_root, tokens, bits, tolerance, tmp_path):
     bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
     model, _ = load_llama(meta_root, "tiny", "meta", torch.float32)
     with torch.no_grad():
         full = model(input_ids=tokens).logits
-    quantize_decoder_linears(model, bits, "cpu")
+    model, _ = load_llama(meta_root, "tiny", "meta", torch.float32, quantization=bits, device="cpu")
     expected = bnb.nn.Linear8bitLt if bits == "8bit" else bnb.nn.Linear4bit
     assert isinstance(model.model.layers[0].self_attn.q_proj, expected)
     assert isinstance(model.model.layers[1].mlp.down_proj, expected)
@@ -151,3 +151,11 @@ def test_quantized_build_and_forward_on_cpu(meta_root, tokens, bits, tolerance):
         quant = model(input_ids=tokens).logits
     assert torch.isfinite(quant).all()
     assert 0 < rel_err(quant, full) < tolerance  # quantized (so not equal), yet the same model
+    # the HF-directory reader takes the same path and quantizes to the same weights
+    full_model, _ = load_llama(meta_root, "tiny", "meta", torch.float32)
+    full_model.save_pretrained(tmp_path / "hf")
+    shutil.copyfile(meta_root / "tokenizer.model", tmp_path / "hf" / "tokenizer.model")
+    from_hf, _ = load_llama(tmp_path / "hf", fmt="hf", quantization=bits, device="cpu")
+    assert isinstance(from_hf.model.layers[1].mlp.down_proj, expected)
+    with torch.no_grad():
+        assert torch.equal(from_hf(input_ids=tokens).logits, quant)

@@ -54,9 +54,6 @@ def caption_scores(ground_truth: dict, results: list[dict], spice: bool = False,
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-    from pycocotools.coco import COCO
-
     spice_scorer = _spice_scorer() if spice else None  # fails fast, before any Java process starts
     # Meteor() starts its Java process at once; built before tokenising, its ~10 s start-up overlaps the tokenizer.
     scorers: list[tuple[Any, str | list[str]]] = [
@@ -70,22 +67,7 @@ def caption_scores(ground_truth: dict, results: list[dict], spice: bool = False,
 
     chatter = io.StringIO()  # pycocotools and the BLEU scorer print progress; stdout must stay clean for the CLI
     with contextlib.redirect_stdout(chatter):
-        coco = COCO()
-        # pycocotools only reads the ground truth (loadRes copies the images list), so a shallow copy is enough.
-        coco.dataset = {"images": list(ground_truth["images"]), "annotations": list(ground_truth["annotations"])}
-        coco.createIndex()
-        # loadRes numbers the result annotations in place; copy so the caller's list stays as it was.
-        coco_results = coco.loadRes(copy.deepcopy(results))
-        image_ids = coco_results.getImgIds()
-        gts = {i: coco.imgToAnns[i] for i in image_ids}
-        res = {i: coco_results.imgToAnns[i] for i in image_ids}
-        tokenizer = PTBTokenizer()
-        try:
-            gts, res = tokenizer.tokenize(gts), tokenizer.tokenize(res)
-        except PermissionError as e:  # it writes its input file next to its jar, inside the installed package
-            raise VlmkitError(f"pycocoevalcap's PTB tokenizer could not write its temporary file ({e}); make "
-                              f"the pycocoevalcap/tokenizer folder writable or install pycocoevalcap in a "
-                              f"writable environment") from e
+        gts, res = _tokenized_pairs(ground_truth, results)
         scores: dict[str, float] = {}
         for scorer, names in scorers:
             score, _ = scorer.compute_score(gts, res)
@@ -96,6 +78,29 @@ def caption_scores(ground_truth: dict, results: list[dict], spice: bool = False,
     if chatter.getvalue():
         logger.debug("pycocoevalcap output:\n%s", chatter.getvalue())
     return scores
+
+
+def _tokenized_pairs(ground_truth: Mapping[str, Any], results: list[Mapping[str, Any]]) -> tuple[dict, dict]:
+    """Image id → PTB-tokenised references, and → the tokenised result, for the images in ``results``."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    # pycocotools only reads the ground truth (loadRes copies the images list), so a shallow copy is enough.
+    coco.dataset = {"images": list(ground_truth["images"]), "annotations": list(ground_truth["annotations"])}
+    coco.createIndex()
+    # loadRes numbers the result annotations in place; copy so the caller's list stays as it was.
+    coco_results = coco.loadRes(copy.deepcopy(results))
+    image_ids = coco_results.getImgIds()
+    gts = {i: coco.imgToAnns[i] for i in image_ids}
+    res = {i: coco_results.imgToAnns[i] for i in image_ids}
+    tokenizer = PTBTokenizer()
+    try:
+        return tokenizer.tokenize(gts), tokenizer.tokenize(res)
+    except PermissionError as e:  # it writes its input file next to its jar, inside the installed package
+        raise VlmkitError(f"pycocoevalcap's PTB tokenizer could not write its temporary file ({e}); make "
+                          f"the pycocoevalcap/tokenizer folder writable or install pycocoevalcap in a "
+                          f"writable environment") from e
 
 
 def _spice_scorer() -> Any:

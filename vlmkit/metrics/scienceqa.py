@@ -124,6 +124,15 @@ def scienceqa_scores(problems: Mapping[str, dict], results: Mapping[str, int], *
         where = f" for split '{split}'" if split is not None else ""
         raise DataError(f"no results to score{where} in {results_source}; write {RESULTS_FORMAT}")
 
+    scores = _table(problems, predictions, problems_source)
+    if split is not None and partial:
+        scores.update(partial=len(predictions) < len(selected), num_results=len(predictions),
+                      num_problems=len(selected))
+    return scores
+
+
+def _table(problems: Mapping[str, dict], predictions: Mapping[str, int], problems_source: str) -> dict[str, Any]:
+    """Accuracy per table column, overall and per topic, of ``predictions`` (problem id → option index)."""
     correct_in: dict[str, int] = {}  # table column or topic → correct predictions
     total_in: dict[str, int] = {}  # table column or topic → scored problems
     topics_seen: set[str] = set()
@@ -149,9 +158,6 @@ def scienceqa_scores(problems: Mapping[str, dict], results: Mapping[str, int], *
     scores["Average"] = correct / len(predictions) * 100
     extra_topics = sorted(topics_seen - set(SQA_TOPICS))  # e.g. generated data with its own topics
     scores["topics"] = {topic: percent(_topic_key(topic)) for topic in (*SQA_TOPICS, *extra_topics)}
-    if split is not None and partial:
-        scores.update(partial=len(predictions) < len(selected), num_results=len(predictions),
-                      num_problems=len(selected))
     return scores
 
 

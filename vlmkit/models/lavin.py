@@ -26,21 +26,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlmkit.errors import ConfigError, DataError
+from vlmkit.errors import ConfigError
 from vlmkit.models import hf_compat
 from vlmkit.models.adapters import AdapterMLP, MMAdapter, dropout_schedule
 from vlmkit.models.base import VLModel
 from vlmkit.models.clip import HOW_TO_OBTAIN, CLIPVisionTaps, build_clip_vision
-from vlmkit.models.llama import PAD_ID, SentencePieceTokenizer, load_llama, quantize_decoder_linears, resolve_dtype
+from vlmkit.models.lavin_collate import IGNORE_INDEX, LaVINCollator
+from vlmkit.models.llama import PAD_ID, load_llama, resolve_dtype
 from vlmkit.processors.image import squash_resize_transform
 from vlmkit.registry import MODELS
 
-# The reference's fixed prompt pieces that announce the image slot (or its absence).
-IMAGE_PREFIX = "Image: "
-NO_IMAGE_PREFIX = "Image: N/A"
 MODALITY_COLUMN = 0
 IMAGE_MODALITY, TEXT_MODALITY = 1, 0  # rows of adapter_modality_embedding
-IGNORE_INDEX = -100  # label of positions that are not scored
 CLIP_HOW_TO_OBTAIN = HOW_TO_OBTAIN.format(key="model.clip_weights", env="VLMKIT_CLIP_WEIGHTS") + "; see docs/lavin.md"
 ADAPTER_PLACEMENTS = ("attn", "block")
 VISUAL_ADAPTERS = ("router", "none")
@@ -92,76 +89,6 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
 
 
-class LaVINCollator:
-    """Samples → batch. Picklable: holds only the tokenizer and numbers.
-
-    Batch: ``input_ids`` (B, L) long (pad id in the modality/image/pad columns), ``attention_mask`` (B, L) long,
-    ``labels`` (B, L) long (train only; target tokens + EOS, else -100), ``images`` (B, 3, H, W) (zeros without an
-    image), ``has_image`` (B,) bool, ``image_start`` (B,) long (first image column, -1 without), ``ids`` list[str].
-    """
-
-    def __init__(self, tokenizer: SentencePieceTokenizer, n_image_tokens: int, image_size: int, max_seq_len: int,
-                 train: bool) -> None:
-        self.tokenizer = tokenizer
-        self.n_image_tokens = n_image_tokens
-        self.image_size = image_size
-        self.max_seq_len = max_seq_len
-        self.train = train
-        self.image_prefix = tokenizer.encode(IMAGE_PREFIX)
-        self.no_image_prefix = tokenizer.encode(NO_IMAGE_PREFIX)
-
-    def _row(self, sample: Mapping[str, Any]) -> tuple[list[int], list[int], torch.Tensor | None, int]:
-        images = list(sample.get("images") or [])
-        if len(images) > 1:
-            raise DataError(f"sample {sample.get('id')!r} has {len(images)} images; LaVIN takes at most one per sample")
-        image = images[0] if images else None
-        if image is not None and tuple(image.shape) != (3, self.image_size, self.image_size):
-            raise DataError(f"sample {sample.get('id')!r}: image of shape {tuple(image.shape)}, expected "
-                            f"(3, {self.image_size}, {self.image_size}); apply model.image_transform to images")
-        tok = self.tokenizer
-        head = [PAD_ID, tok.bos_id]  # modality column, then BOS
-        if image is not None:
-            image_start = len(head) + len(self.image_prefix)
-            head += self.image_prefix + [PAD_ID] * self.n_image_tokens
-        else:
-            image_start = -1
-            head += self.no_image_prefix
-        ids = head + tok.encode(sample["prompt"])
-        labels = [IGNORE_INDEX] * len(ids)
-        if self.train:
-            target = tok.encode(sample.get("target") or "") + [tok.eos_id]
-            ids, labels = ids + target, labels + target
-        return ids[: self.max_seq_len], labels[: self.max_seq_len], image, image_start
-
-    def __call__(self, samples: list[Mapping[str, Any]]) -> dict[str, Any]:
-        rows = [self._row(s) for s in samples]
-        L = max(len(r[0]) for r in rows)
-        input_ids, labels, mask, starts = [], [], [], []
-        for ids, lab, _, start in rows:
-            n_pad = L - len(ids)
-            if self.train:  # right padding
-                input_ids.append(ids + [PAD_ID] * n_pad)
-                labels.append(lab + [IGNORE_INDEX] * n_pad)
-                mask.append([1] * len(ids) + [0] * n_pad)
-            else:  # left padding of the text, the modality token stays in column 0
-                input_ids.append(ids[:1] + [PAD_ID] * n_pad + ids[1:])
-                mask.append([1] + [0] * n_pad + [1] * (len(ids) - 1))
-                start = start + n_pad if start >= 0 else start
-            starts.append(start)
-        zeros = torch.zeros(3, self.image_size, self.image_size)
-        batch = {
-            "input_ids": torch.tensor(input_ids, dtype=torch.long),
-            "attention_mask": torch.tensor(mask, dtype=torch.long),
-            "images": torch.stack([img.float() if img is not None else zeros for _, _, img, _ in rows]),
-            "has_image": torch.tensor([img is not None for _, _, img, _ in rows], dtype=torch.bool),
-            "image_start": torch.tensor(starts, dtype=torch.long),
-            "ids": [str(s.get("id")) for s in samples],
-        }
-        if self.train:
-            batch["labels"] = torch.tensor(labels, dtype=torch.long)
-        return batch
-
-
 def insert_llm_adapters(llm: nn.Module, placement: str, dropouts: list[float], **adapter_kw: Any) -> None:
     """Put an MMA adapter after the attention norm of every decoder layer (``attn``), and after the FFN norm (``block``)."""
     if placement not in ADAPTER_PLACEMENTS:
@@ -180,7 +107,7 @@ class LaVIN(VLModel):
 
     default_config = "models/lavin.yaml"  # every model key and its default (vlmkit/configs/)
 
-    def __init__(self, llm: nn.Module, tokenizer: SentencePieceTokenizer, visual: CLIPVisionTaps, hidden_proj: int,
+    def __init__(self, llm: nn.Module, tokenizer: Any, visual: CLIPVisionTaps, hidden_proj: int,
                  max_seq_len: int, image_mean: Sequence[float], image_std: Sequence[float]) -> None:
         super().__init__()
         self.llm = llm
@@ -210,9 +137,7 @@ class LaVIN(VLModel):
             raise ConfigError(f"model.visual_adapter must be one of {', '.join(VISUAL_ADAPTERS)}, "
                               f"got '{cfg['visual_adapter']}'")
         llm, tokenizer = load_llama(cfg["llama_root"], str(cfg["llama_size"]), cfg["llama_format"], dtype,
-                                    load_weights=not structure_only)
-        if cfg["quantization"] and not structure_only:
-            quantize_decoder_linears(llm, cfg["quantization"], device)
+                                    load_weights=not structure_only, quantization=cfg["quantization"], device=device)
         adapter_kw = {"adapter_dim": int(cfg["adapter_dim"]), "scale": float(cfg["adapter_scale"]),
                       "temperature": float(cfg["temperature"])}
         n_layers = llm.config.num_hidden_layers
@@ -342,7 +267,7 @@ class LaVIN(VLModel):
         extra_rows = list(range(self.tokenizer.vocab_size, self.llm.get_input_embeddings().weight.shape[0]))
         config = GenerationConfig(
             max_new_tokens=int(max_new_tokens), num_beams=int(num_beams), do_sample=sample,
-            eos_token_id=self.tokenizer.eos_id, pad_token_id=PAD_ID, use_cache=use_cache,
+            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=PAD_ID, use_cache=use_cache,
             # rows of an embedding padded beyond the tokenizer (HF checkpoints) must not be emitted
             suppress_tokens=extra_rows or None, **({"temperature": float(temperature), "top_p": float(top_p)}
                                                    if sample else {}))
@@ -357,8 +282,12 @@ class LaVIN(VLModel):
                                            synced_gpus=synced_gpus)
         finally:
             handle.remove()
-        eos = self.tokenizer.eos_id
-        return [self.tokenizer.decode(row[: row.index(eos)] if eos in row else row) for row in tokens.tolist()]
+        eos = self.tokenizer.eos_token_id
+        return [self.decode(row[: row.index(eos)] if eos in row else row) for row in tokens.tolist()]
+
+    def decode(self, ids: list[int]) -> str:
+        """Generated ids → text (special tokens dropped)."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 class _LaVINStepInputs:

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from vlmkit.errors import CheckpointError, ConfigError, missing_file
+from vlmkit.models.quantization import quantized_load_options
+from vlmkit.models.tokenizer import load_tokenizer
 
 HOW_TO_OBTAIN = ("how to obtain: request LLaMA-1 weights from Meta and place them as <root>/7B/consolidated.00.pth; "
                  "see docs/lavin.md")
@@ -55,43 +57,11 @@ _META_TO_HF_GLOBAL = {"tok_embeddings.weight": "model.embed_tokens.weight", "nor
                       "output.weight": "lm_head.weight"}
 
 
-class SentencePieceTokenizer:
-    """LLaMA's sentencepiece tokenizer, read with ``sentencepiece`` directly (transformers 5's LlamaTokenizer is not).
-
-    Picklable (it carries the model bytes), so collators holding it work in DataLoader workers.
-    """
-
-    pad_id = PAD_ID
-
-    def __init__(self, path: str | Path) -> None:
-        path = Path(path)
-        if not path.is_file():
-            raise missing_file(path, "tokenizer.model", HOW_TO_OBTAIN)
-        self.path = path
-        self._load(path.read_bytes())
-
-    def _load(self, proto: bytes) -> None:
-        import sentencepiece as spm
-
-        self._proto = proto
-        self._sp = spm.SentencePieceProcessor(model_proto=proto)
-        self.bos_id: int = self._sp.bos_id()
-        self.eos_id: int = self._sp.eos_id()
-        self.vocab_size: int = self._sp.vocab_size()
-
-    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-        ids = list(self._sp.encode(text))
-        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
-
-    def decode(self, ids: list[int]) -> str:
-        return self._sp.decode([int(i) for i in ids])
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "proto": self._proto}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.path = state["path"]
-        self._load(state["proto"])
+def load_llama_tokenizer(path: str | Path) -> Any:
+    """LLaMA's ``tokenizer.model`` with ids identical to sentencepiece's (Meta's code and LaVIN's reference)."""
+    if not Path(path).is_file():
+        raise missing_file(Path(path), "tokenizer.model", HOW_TO_OBTAIN)
+    return load_tokenizer(path, match_sentencepiece=True)
 
 
 def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
@@ -204,16 +174,19 @@ def _fix_rotary_buffers(model: nn.Module) -> None:
 
 
 def load_llama(root: str | Path, size: str = "7B", fmt: str = "meta", dtype: torch.dtype = torch.float32,
-               load_weights: bool = True) -> tuple[nn.Module, SentencePieceTokenizer]:
+               load_weights: bool = True, quantization: str | None = None,
+               device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
     """Load LLaMA as a ``LlamaForCausalLM`` (on the CPU) and its tokenizer.
 
     ``fmt``: ``meta`` reads ``<root>/<size>/`` and ``<root>/tokenizer.model``; ``hf`` reads the directory ``<root>``
     (``size`` unused). ``load_weights=False`` builds the model on the meta device from the config alone (for counting
-    parameters without the weights on disk).
+    parameters without the weights on disk). ``quantization`` (``8bit`` | ``4bit``): the decoder's linear layers are
+    quantized as they load onto ``device`` (vlmkit/models/quantization.py); otherwise the model is on the CPU.
     """
+    quantized = quantized_load_options(quantization, dtype, device) if quantization and load_weights else None
     root = Path(root)
     if fmt == "meta":
-        tokenizer = SentencePieceTokenizer(root / "tokenizer.model")
+        tokenizer = load_llama_tokenizer(root / "tokenizer.model")
         size_dir = root / size
         config = llama_config_from_meta(read_meta_params(size_dir), tokenizer.vocab_size)
         model = _build_on_meta(config, dtype)
@@ -226,6 +199,11 @@ def load_llama(root: str | Path, size: str = "7B", fmt: str = "meta", dtype: tor
                 f"has {config.vocab_size} tokens: the tokenizer does not belong to these weights")
         if state["model.layers.0.mlp.gate_proj.weight"].shape[0] != config.intermediate_size:
             raise CheckpointError(f"{size_dir}: FFN width differs from params.json's multiple_of/ffn_dim_multiplier")
+        if quantized:
+            from transformers import LlamaForCausalLM
+
+            return LlamaForCausalLM.from_pretrained(None, config=config, state_dict=state, dtype=dtype,
+                                                    **quantized), tokenizer
         model.load_state_dict(state, strict=True, assign=True)
         _fix_rotary_buffers(model)
         return model, tokenizer
@@ -235,45 +213,11 @@ def load_llama(root: str | Path, size: str = "7B", fmt: str = "meta", dtype: tor
         if not (root / "config.json").is_file():
             raise missing_file(root / "config.json", "LLaMA HF config.json",
                                "point model.llama_root at a directory written by save_pretrained; see docs/lavin.md")
-        tokenizer = SentencePieceTokenizer(root / "tokenizer.model")
+        tokenizer = load_llama_tokenizer(root / "tokenizer.model")
         if not load_weights:
             return _build_on_meta(LlamaConfig.from_pretrained(root, local_files_only=True), dtype), tokenizer
         if not any(root.glob("*.safetensors")) and not any(root.glob("*.bin")):
             raise missing_file(root / "model.safetensors", "LLaMA weights", HOW_TO_OBTAIN)
-        model = LlamaForCausalLM.from_pretrained(root, local_files_only=True, dtype=dtype)
+        model = LlamaForCausalLM.from_pretrained(root, local_files_only=True, dtype=dtype, **(quantized or {}))
         return model, tokenizer
     raise ConfigError(f"model.llama_format must be 'meta' or 'hf', got '{fmt}'")
-
-
-#: The decoder's linear layers that bitsandbytes quantization replaces (embeddings, norms and lm_head stay as they are,
-#: as in the reference's ``quant_model_bnb(llama.layers)``).
-QUANTIZED_LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def quantize_decoder_linears(model: nn.Module, bits: str, device: str | torch.device) -> None:
-    """Replace the frozen decoder ``nn.Linear`` layers by bitsandbytes ``Linear8bitLt`` / ``Linear4bit`` (nf4).
-
-    Done one layer at a time: each weight is quantized while it moves to ``device`` (bitsandbytes quantizes on
-    ``.to``), so the full-precision model never has to fit on the device.
-    """
-    from vlmkit.extras import require
-
-    bnb = require("bitsandbytes", "quant", f"model.quantization={bits!r}")
-
-    if bits not in ("8bit", "4bit"):
-        raise ConfigError(f"model.quantization must be null, 8bit or 4bit, got '{bits}'")
-    compute_dtype = model.config.dtype if isinstance(model.config.dtype, torch.dtype) else torch.float32
-    for layer in model.model.layers:
-        for parent in (layer.self_attn, layer.mlp):
-            for name, lin in list(parent.named_children()):
-                if name not in QUANTIZED_LINEAR_NAMES or not isinstance(lin, nn.Linear):
-                    continue
-                weight = lin.weight.data
-                if bits == "8bit":
-                    q = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=False, has_fp16_weights=False)
-                    q.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
-                else:
-                    q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=False, compute_dtype=compute_dtype,
-                                          quant_type="nf4")
-                    q.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
-                setattr(parent, name, q.to(device))

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vlmkit.models.llama import _SHARD_DIM_GLOBAL, _SHARD_DIM_LAYER, SentencePieceTokenizer, ffn_hidden_dim
+from vlmkit.models.llama import _SHARD_DIM_GLOBAL, _SHARD_DIM_LAYER, ffn_hidden_dim, load_llama_tokenizer
 
 #: A 2-layer LLaMA small enough for CPU tests (vocab_size -1: taken from the tokenizer, as in Meta's files).
 TINY_LLAMA_PARAMS = {"dim": 64, "n_layers": 2, "n_heads": 4, "multiple_of": 32, "norm_eps": 1e-6, "vocab_size": -1}
@@ -80,7 +80,7 @@ def write_meta_checkpoint(root: str | Path, size_name: str, params: Mapping[str,
         shutil.copyfile(tokenizer_model, root / "tokenizer.model")
     vocab_size = int(params.get("vocab_size", -1))
     if vocab_size <= 0:
-        vocab_size = SentencePieceTokenizer(root / "tokenizer.model").vocab_size
+        vocab_size = load_llama_tokenizer(root / "tokenizer.model").vocab_size
     full = random_meta_state_dict(params, vocab_size, seed)
     # Meta's files also carry the rotary table; loaders skip it. Kept so the tiny checkpoint has the same keys.
     head_dim = int(params["dim"]) // int(params["n_heads"])

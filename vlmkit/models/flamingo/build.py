@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from vlmkit.errors import CheckpointError, ConfigError, missing_file
-from vlmkit.extras import EXTRAS, require
 from vlmkit.models.clip import HOW_TO_OBTAIN, build_clip_vision
 from vlmkit.models.flamingo.modules import EmbeddingWithNewTokens
+from vlmkit.models.quantization import quantized_load_options
 
 MEDIA_TOKEN = "<image>"
 END_OF_CHUNK_TOKEN = "<|endofchunk|>"
@@ -43,26 +43,6 @@ class SpecialTokens:
     pad_id: int
     base_vocab: int  # tokenizer size before the additions = number of frozen embedding rows
     n_new: int  # 2, or 3 when <PAD> was added
-
-
-def load_tokenizer(path: str | Path, legacy: bool | None) -> Any:
-    """A tokenizer from a directory (tokenizer_config.json / tokenizer.json / tokenizer.model) or a ``tokenizer.model``.
-
-    A bare sentencepiece model is read as LLaMA's tokenizer, which prepends BOS. ``legacy`` (None: the directory's
-    setting) selects sentencepiece's legacy mode: a word-start marker after special tokens ("<image>Output" →
-    "<image> ▁Output"), the tokenisation the released OpenFlamingo-LLaMA weights saw under transformers ≤ 4.3x.
-    """
-    from transformers import AutoTokenizer, LlamaTokenizer
-
-    path = Path(path)
-    options: dict[str, Any] = {} if legacy is None else {"legacy": legacy}
-    if path.is_dir() and any((path / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json")):
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False, **options)
-    spm_file = path / "tokenizer.model" if path.is_dir() else path
-    if not spm_file.is_file():
-        raise missing_file(path, "tokenizer (directory with tokenizer_config.json, or tokenizer.model)",
-                           LM_HOW_TO_OBTAIN)
-    return LlamaTokenizer.from_pretrained(str(spm_file), add_bos_token=True, **options)
 
 
 def add_flamingo_tokens(tokenizer: Any) -> SpecialTokens:
@@ -100,19 +80,7 @@ def load_language_model(cfg: Mapping[str, Any], vocab_size: int, dtype: torch.dt
         raise missing_file(path, "language model directory (config.json + weights)", LM_HOW_TO_OBTAIN)
     options: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False, "dtype": dtype}
     if quantization is not None:
-        from transformers import BitsAndBytesConfig
-
-        for module in EXTRAS["quant"][0]:  # transformers' own message for a missing one is a long traceback
-            require(module, "quant", f"model.lm.quantization={quantization}")
-
-        if quantization == "8bit":
-            options["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-        elif quantization == "4bit":
-            options["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                                 bnb_4bit_compute_dtype=dtype)
-        else:
-            raise ConfigError(f"model.lm.quantization must be null, 8bit or 4bit, got {quantization!r}")
-        options["device_map"] = {"": device}
+        options.update(quantized_load_options(quantization, dtype, device, "model.lm.quantization"))
     return AutoModelForCausalLM.from_pretrained(str(path), **options)
 
 

@@ -25,6 +25,7 @@ from vlmkit.models.clip import clip_patch_tokens
 from vlmkit.models.flamingo import build
 from vlmkit.models.flamingo.checkpoint import load_openflamingo_checkpoint, load_openflamingo_state_dict
 from vlmkit.models.flamingo.collate import IGNORE_INDEX, FlamingoCollator
+from vlmkit.models.tokenizer import load_tokenizer
 from vlmkit.models.flamingo.modules import (FlamingoDecoderLayer, GatedCrossAttentionBlock, MediaContext,
                                             PerceiverResampler, media_text_time)
 from vlmkit.processors.image import center_crop_transform
@@ -89,7 +90,8 @@ class OpenFlamingo(VLModel):
         generator = torch.Generator().manual_seed(int(cfg.init_seed))
         with torch.random.fork_rng(devices=[]):  # every random init (Perceiver, blocks, tiny models) from init_seed
             torch.manual_seed(int(cfg.init_seed))
-            tokenizer = build.load_tokenizer(cfg.lm.tokenizer or cfg.lm.path, cfg.lm.tokenizer_legacy)
+            tokenizer = load_tokenizer(cfg.lm.tokenizer or cfg.lm.path, cfg.lm.tokenizer_legacy,
+                                       how_to_obtain=build.LM_HOW_TO_OBTAIN)
             tokens = build.add_flamingo_tokens(tokenizer)
             lm = build.load_language_model(cfg.lm, tokens.base_vocab, dtype, device)
             build.extend_vocabulary(lm, tokens, generator)
