@@ -1,10 +1,16 @@
 """Shared fixtures: a sentencepiece tokenizer trained in-process (LLaMA's id layout: unk 0, bos 1, eos 2, no pad)."""
 from __future__ import annotations
 
+import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# The image-check manifests of this test session live in a folder of their own (inherited by subprocesses), not in the
+# user's ~/.cache/vlmkit.
+os.environ.setdefault("VLMKIT_CACHE_DIR", tempfile.mkdtemp(prefix="vlmkit-test-cache-"))
 
 CORPUS_WORDS = (
     "the answer is a b c d e because image context question options response lecture solution "
@@ -33,7 +39,6 @@ def spm_tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Running the real command-line tools (the same commands the README gives).
-import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 

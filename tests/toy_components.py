@@ -19,7 +19,8 @@ from torch.utils.data import Dataset
 from vlmkit.errors import DataError
 from vlmkit.models.base import VLModel
 from vlmkit.data.builder import DatasetBuilder
-from vlmkit.registry import DATASETS, MODELS, TASKS
+from vlmkit.engine.trainer import HookBase
+from vlmkit.registry import DATASETS, HOOKS, MODELS, TASKS
 from vlmkit.tasks.base import Evaluator, Task
 
 LABEL_SEED = 1234  # the fixed projection that defines labels (shared by all splits)
@@ -128,3 +129,25 @@ class ToyClassification(Task):
 
     def build_evaluator(self, dataset_name: str, split: str, dataset: Dataset) -> Evaluator:
         return ToyAccuracy(dataset)  # type: ignore[arg-type]
+
+
+@HOOKS.register("toy_fail")
+class ToyFail(HookBase):
+    """Fails on one rank after one optimizer step: a config error, a data error or a plugin's own exception."""
+
+    default_config = {"rank": 1, "step": 2, "kind": "plugin"}
+
+    def __init__(self, rank: int, step: int, kind: str) -> None:
+        self.rank, self.step, self.kind = int(rank), int(step), str(kind)
+
+    def after_step(self) -> None:
+        from vlmkit import dist
+        from vlmkit.errors import ConfigError
+
+        if dist.rank() != self.rank or self.trainer.step != self.step:
+            return
+        if self.kind == "config":
+            raise ConfigError(f"toy_fail: a config error raised on rank {self.rank} only")
+        if self.kind == "data":
+            raise DataError(f"toy_fail: a data error raised on rank {self.rank} only")
+        raise ValueError(f"toy_fail plugin broke on rank {self.rank}")

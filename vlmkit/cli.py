@@ -2,8 +2,9 @@
 
     vlmkit train | evaluate | prepare-data | score | list   (``vlmkit COMMAND --help`` for each)
 
-A user error (:class:`vlmkit.errors.VlmkitError`) prints ``error: <message>`` on stderr and exits with status 2; with
-``--debug`` the traceback is shown instead. Under torchrun every rank reaches the same error; only rank 0 prints it.
+A user error (:class:`vlmkit.errors.VlmkitError`) prints ``error: <message>`` on stderr and exits with status 2, any
+other exception one ``error: <Type>: ...`` line and status 1; with ``--debug`` the traceback is shown instead. Under
+torchrun the first rank to fail prints the line, with its rank (vlmkit/failures.py).
 """
 from __future__ import annotations
 
@@ -28,18 +29,39 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def guarded(main: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run ``main``; turn a VlmkitError into one stderr line and exit status 2."""
+    """Run ``main``; any failure becomes one ``error:`` line from the first rank that failed (vlmkit/failures.py)."""
+    from vlmkit.failures import INTERRUPT_STATUS, Interrupted, describe_exception, report
+
     try:
         return main(args)
+    except Interrupted as e:
+        return report(str(e), INTERRUPT_STATUS)
+    except KeyboardInterrupt:
+        return report("interrupted", INTERRUPT_STATUS)
     except VlmkitError as e:
         if args.debug:
             raise
-        if int(os.environ.get("RANK", 0)) == 0:
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return report(str(e), 2)
+    except Exception as e:
+        if args.debug:
+            raise
+        return report(describe_exception(e), 1)
+
+
+def resume_command(argv: Sequence[str] | None, prog: str | None) -> str:
+    """The command line that continues this run: the same arguments plus ``--resume`` (under the same launcher)."""
+    import shlex
+
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--overwrite"]
+    args += [] if "--resume" in args else ["--resume"]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        head = ["torchrun", f"--nproc_per_node={world}", sys.argv[0]]
+    elif prog and prog.startswith("vlmkit"):
+        head = prog.split()
+    else:
+        head = ["python", sys.argv[0]]
+    return " ".join(shlex.quote(a) for a in [*head, *args])
 
 
 LIST_HINT = "registered models, tasks, datasets and schedulers: `vlmkit list`"
@@ -51,14 +73,28 @@ def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> in
     _common(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue from <run.output_dir>/checkpoints/last.pt")
+    parser.add_argument("--force-config", action="store_true",
+                        help="with --resume: accept a config that changes the data order, batch, model or optimisation")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a run already in run.output_dir (its files are kept in .previous/ until the "
+                             "new run finishes)")
     args = parser.parse_args(argv)
 
     def run(a: argparse.Namespace) -> int:
         from vlmkit.config import load_config
         from vlmkit.engine.runner import train
+        from vlmkit.errors import ConfigError
+        from vlmkit.failures import Interrupted
 
+        if a.force_config and not a.resume:
+            raise ConfigError("--force-config only applies to --resume")
         cfg = load_config(a.cfg_path, a.options, a.imports)
-        train(cfg, resume=a.resume)
+        try:
+            train(cfg, resume=a.resume, overwrite=a.overwrite, force_config=a.force_config)
+        except Interrupted as e:
+            if not e.resumable:
+                raise
+            raise Interrupted(f"{e}; resume with: {resume_command(argv, prog)}", resumable=True) from None
         return 0
 
     return guarded(run, args)
@@ -75,6 +111,9 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
     parser.add_argument("--shots", nargs="+", type=int, default=None, metavar="N",
                         help="few-shot sweep: evaluate with each number of demos (0 = text-only zero-shot demos) into "
                              "<output_dir>/shots<N>/trial<t>/ and summarize in fewshot_summary.json (docs/fewshot.md)")
+    parser.add_argument("--output-dir", default=None, metavar="DIR",
+                        help="where to write (default: run.output_dir; a directory holding a training run gets a new "
+                             "evaluations/<time>/ inside it, so the run's own files are never replaced)")
     parser.add_argument("--trials", type=int, default=None, metavar="T",
                         help="with --shots: trials 0..T-1 per shots, each with other demos (default 1)")
     args = parser.parse_args(argv)
@@ -89,11 +128,12 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
         if a.shots is not None:
             from vlmkit.engine.sweep import run_sweep
 
-            run_sweep(cfg, a.shots, 1 if a.trials is None else a.trials, checkpoint=a.checkpoint, splits=a.splits)
+            run_sweep(cfg, a.shots, 1 if a.trials is None else a.trials, checkpoint=a.checkpoint, splits=a.splits,
+                      output_dir=a.output_dir)
             return 0
         from vlmkit.engine.runner import evaluate
 
-        evaluate(cfg, checkpoint=a.checkpoint, splits=a.splits)
+        evaluate(cfg, checkpoint=a.checkpoint, splits=a.splits, output_dir=a.output_dir)
         return 0
 
     return guarded(run, args)
@@ -147,6 +187,9 @@ COMMANDS = {
     "prepare-data": ("generate synthetic datasets in the official layouts, or write shards", "vlmkit.prepare_data:main"),
     "score": ("score a results file with the official rules (scienceqa, vqa, caption)", "vlmkit.metrics.__main__:main"),
     "list": ("list registered models, tasks, datasets, schedulers, hooks, processors", "vlmkit.cli:list_main"),
+    "compare": ("compare runs: results.md table, PNG plots, report.html", "vlmkit.compare:compare_main"),
+    "study": ("train every project YAML of a folder (skipping finished runs), then compare them",
+              "vlmkit.compare:study_main"),
 }
 
 

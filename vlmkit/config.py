@@ -119,8 +119,8 @@ def _parse_options(options: Sequence[str]) -> DictConfig:
     for item in options:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise ConfigError(f"--options item '{item}' is not KEY=VALUE (e.g. run.lr=2e-3); to set null write "
-                              f"'{item.rstrip('=')}=null'")
+            fix = f"; to set null write '{item}=null'" if key.strip() else ": it has no key before '='"
+            raise ConfigError(f"--options item '{item}' is not KEY=VALUE (e.g. run.lr=2e-3){fix}")
         try:
             OmegaConf.from_dotlist([item])
         except Exception as e:  # OmegaConf's own errors and yaml's parser errors for the value

@@ -10,7 +10,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,33 @@ def _unique_keys(pairs: list[tuple[str, Any]], path: Path, what: str, how: str) 
     return obj
 
 
+def check_fields(item: Any, fields: Mapping[str, type | tuple[type, ...]], what: str, path: Path, how: str) -> None:
+    """``item`` is an object holding every field of ``fields`` with a value of its type; else one DataError naming the
+    file, the item (``what``), the field and the fix."""
+    if not isinstance(item, Mapping):
+        raise DataError(f"{what} in {path} is a {type(item).__name__}, not an object; {how}")
+    for name, types in fields.items():
+        if name not in item:
+            raise DataError(f"{what} in {path} has no '{name}' field; {how}")
+        if not isinstance(item[name], types) or isinstance(item[name], bool) and bool not in _as_tuple(types):
+            names = "/".join(t.__name__ for t in _as_tuple(types))
+            raise DataError(f"{what} in {path}: '{name}' is {item[name]!r} ({type(item[name]).__name__}), expected "
+                            f"{names}; {how}")
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def unique_ids(ids: Iterable[Any], what: str, path: Path, how: str) -> None:
+    """Every id once; else one DataError naming the first repeated id."""
+    seen: set[Any] = set()
+    for i in ids:
+        if i in seen:
+            raise DataError(f"{what} {i!r} appears twice in {path} (ids must be unique); {how}")
+        seen.add(i)
+
+
 def temporary_sibling(path: Path) -> Path:
     """Where an atomic write of ``path`` writes first: a hidden file in the same directory (same file system)."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -64,7 +91,7 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     removed = []
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         pid = tmp.name[len(path.name) + 2:-len(".tmp")]
-        if not pid.isdigit() or _process_alive(int(pid)):
+        if not pid.isdigit() or process_alive(int(pid)):
             continue
         try:
             tmp.unlink()
@@ -74,7 +101,8 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` (on this machine) still runs; this process counts as gone (its own stale files)."""
     if pid == os.getpid():
         return False  # our own earlier, failed write of this file
     try:

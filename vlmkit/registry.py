@@ -51,7 +51,7 @@ class Registry:
             close = difflib.get_close_matches(str(name), registered, n=3, cutoff=0.5)
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise UnknownNameError(
-                f"unknown {self.kind} '{name}'{hint} registered: {', '.join(registered) or '(none)'}"
+                f"unknown {self.kind} '{name}'{hint or ';'} registered: {', '.join(registered) or '(none)'}"
             )
         return self._entries[name]
 

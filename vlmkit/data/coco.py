@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.data.records import RecordBuilder, RecordDataset, subset
-from vlmkit.io import read_json
+from vlmkit.io import check_fields, read_json, unique_ids
 from vlmkit.errors import ConfigError, DataError
 from vlmkit.registry import DATASETS
 
@@ -27,6 +27,7 @@ HOW_TO_OBTAIN_COCO = (
     "`vlmkit prepare-data synthetic-coco --out DIR`, and set datasets.coco_caption.root or VLMKIT_COCO_ROOT"
 )
 TRAIN_CAPTION_CHOICES = ("all", "first")
+KARPATHY_FIELDS = {"filepath": str, "filename": str, "cocoid": int, "sentences": list}
 
 
 class COCOCaptionDataset(RecordDataset):
@@ -92,13 +93,18 @@ class COCOCaptionBuilder(RecordBuilder):
         wanted = set(self.cfg["splits"][split])
         records = []
         for im in data["images"]:
-            if im.get("split") not in wanted:
+            if not isinstance(im, Mapping) or im.get("split") not in wanted:
                 continue
-            captions = [s["raw"] for s in im.get("sentences", [])]
+            what = f"image {im.get('cocoid', im.get('filename', '?'))!r}"
+            check_fields(im, KARPATHY_FIELDS, what, path, self.how_to_obtain)
+            for sentence in im["sentences"]:
+                check_fields(sentence, {"raw": str}, f"a sentence of {what}", path, self.how_to_obtain)
+            captions = [s["raw"] for s in im["sentences"]]
             if not captions:
                 raise DataError(f"image {im.get('cocoid')} of {path} has no sentences")
             records.append({"id": str(im["cocoid"]), "image_id": im["cocoid"],
                             "image": f"{im['filepath']}/{im['filename']}", "captions": captions})
+        unique_ids((r["image_id"] for r in records), "cocoid", path, self.how_to_obtain)
         return records
 
     def build(self, split: str, transform: Callable[[Any], Any] | None, train: bool) -> COCOCaptionDataset:

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vlmkit.data.records import RecordDataset
+from vlmkit.data.validate import ImageRef
 from vlmkit.errors import ConfigError, DataError, missing_file
 from vlmkit.io import stable_seed
 
@@ -136,6 +137,18 @@ class FewShotDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.query_dataset)
+
+    def image_refs(self) -> list[ImageRef]:
+        """The query images and those of every demo candidate (none at zero shots: demos are text there)."""
+        refs = self.query_dataset.image_refs()
+        if self.shots > 0:
+            pool = self.demo_dataset.image_refs()
+            if not self.rices:
+                keys = {self.demo_dataset.records[i]["image"] for i in self.candidates}
+                pool = [ref for ref, key in zip(pool, dict.fromkeys(r["image"] for r in self.demo_dataset.records))
+                        if key in keys]
+            refs += pool
+        return refs
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         query = self.query_dataset[index]

@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vlmkit.data.builder import DatasetBuilder
+from vlmkit.data.validate import ImageRef
 from vlmkit.errors import ConfigError, DataError, missing_file
 from vlmkit.io import decode_image
 
@@ -25,6 +26,9 @@ class ImageSource(Protocol):
     def load(self, key: str) -> Image.Image: ...
 
     def read_bytes(self, key: str) -> bytes: ...
+
+    def ref(self, key: str, used_by: str) -> ImageRef:
+        """The image as an input to check before a run (vlmkit/data/validate.py)."""
 
 
 class FileImageSource:
@@ -45,6 +49,9 @@ class FileImageSource:
 
     def read_bytes(self, key: str) -> bytes:
         return self.path(key).read_bytes()
+
+    def ref(self, key: str, used_by: str) -> ImageRef:
+        return ImageRef(f"{self.root / key} ({used_by})", self.root / key, how=self.how_to_obtain)
 
 
 class PromptTemplate:
@@ -135,6 +142,13 @@ class RecordDataset(Dataset):
 
     def record_by_id(self, sample_id: str) -> dict[str, Any]:
         return self.records[self._position[sample_id]]
+
+    def image_refs(self) -> list[ImageRef]:
+        """Every image this dataset reads, once (checked before a run by vlmkit/data/validate.py)."""
+        first_user: dict[str, str] = {}
+        for record in self.records:
+            first_user.setdefault(record["image"], record["id"])
+        return [self.images.ref(key, f"{self.name} {self.split} sample {sid}") for key, sid in first_user.items()]
 
     def image(self, index: int) -> Any:
         """The transformed image of sample ``index``."""

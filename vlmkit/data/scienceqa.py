@@ -20,8 +20,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vlmkit.data.builder import DatasetBuilder
+from vlmkit.data.validate import ImageRef
 from vlmkit.errors import DataError, missing_file
-from vlmkit.io import IMAGE_READ_ERRORS, decode_image, read_json
+from vlmkit.io import decode_image, read_json
 from vlmkit.processors.image import ImageTransform
 from vlmkit.processors.prompts import OPTION_LETTERS, PromptFormat, build_scienceqa_prompt
 from vlmkit.registry import DATASETS
@@ -100,23 +101,18 @@ class ScienceQADataset(Dataset):
                 raise DataError(f"{path} must hold {{\"captions\": {{qid: caption}}}} (re-download it)")
             self.captions = {str(k): str(v) for k, v in captions["captions"].items()}
 
-        # Checked now (one stat and one header read per image) so a run does not stop hours in; decoding stays lazy.
+        # Checked now (one stat per image) so a run does not stop hours in; every image is decoded once before the
+        # run writes anything (image_refs, vlmkit/data/validate.py).
         missing = [q for q in self.qids if self.has_image(q) and not self.image_path(q).is_file()]
         if missing:
             path = self.image_path(missing[0])
             raise missing_file(path, f"{len(missing)} images of split '{split}' are missing, e.g. the image",
                                f"re-download or re-extract {path.relative_to(self.root)}")
-        for qid in self.qids:
-            if self.has_image(qid):
-                self._check_header(self.image_path(qid))
 
-    def _check_header(self, path: Path) -> None:
-        try:
-            with Image.open(path):  # reads the header only
-                pass
-        except IMAGE_READ_ERRORS as e:
-            raise DataError(f"cannot decode image {path}: {' '.join(str(e).split())} "
-                            f"(re-download or re-extract {path.relative_to(self.root)})") from e
+    def image_refs(self) -> list[ImageRef]:
+        return [ImageRef(f"{path} of ScienceQA problem '{qid}'", path,
+                         how=f"re-download or re-extract {path.relative_to(self.root)}")
+                for qid in self.qids if self.has_image(qid) for path in [self.image_path(qid)]]
 
     def image_path(self, qid: str) -> Path:
         problem = self.problems[qid]

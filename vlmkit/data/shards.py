@@ -19,6 +19,7 @@ from typing import Any
 
 from PIL import Image
 
+from vlmkit.data.validate import ImageRef
 from vlmkit.errors import DataError, missing_file
 from vlmkit.extras import require
 from vlmkit.io import decode_image
@@ -105,7 +106,7 @@ class ShardIndex:
                     else:
                         images[key] = (member.offset_data, member.size)
         except (tarfile.TarError, json.JSONDecodeError, OSError) as e:
-            raise DataError(f"cannot read shard {path}: {e} ({HOW_TO_MAKE_SHARDS})") from e
+            raise DataError(f"cannot read shard {path}: {' '.join(str(e).split())} ({HOW_TO_MAKE_SHARDS})") from e
         for key, meta in metas.items():
             if key not in images:
                 raise DataError(f"shard {path} entry '{key}' has metadata but no image ({HOW_TO_MAKE_SHARDS})")
@@ -118,6 +119,10 @@ class ShardIndex:
 
     def records(self, split: str) -> list[dict[str, Any]]:
         return [record for _, record in self._records.get(split, [])]
+
+    def shard_of(self, key: str) -> str:
+        """The shard holding image ``key`` ("?" when none does)."""
+        return str(self._images[key][0]) if key in self._images else "?"
 
     def read_bytes(self, key: str) -> bytes:
         if key not in self._images:
@@ -138,8 +143,12 @@ class ShardImageSource:
         return self.index.read_bytes(key)
 
     def load(self, key: str) -> Image.Image:
-        path = self.index._images.get(key, ("?",))[0]
-        return decode_image(self.read_bytes(key), f"{key} in shard {path}")
+        return decode_image(self.read_bytes(key), f"{key} in shard {self.index.shard_of(key)}")
+
+    def ref(self, key: str, used_by: str) -> ImageRef:
+        shard = self.index.shard_of(key)
+        return ImageRef(f"{key} in shard {shard} ({used_by})", Path(shard), member=key, how=HOW_TO_MAKE_SHARDS,
+                        read=lambda: self.index.read_bytes(key))
 
 
 def add_shards_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 
 from vlmkit.data.records import RecordBuilder, RecordDataset, subset
 from vlmkit.errors import ConfigError, DataError
-from vlmkit.io import read_json
+from vlmkit.io import check_fields, read_json, unique_ids
+from vlmkit.metrics.vqa import ANSWERS_PER_QUESTION
 from vlmkit.registry import DATASETS
 
 HOW_TO_OBTAIN_VQAV2 = (
@@ -26,6 +27,12 @@ HOW_TO_OBTAIN_VQAV2 = (
     "VLMKIT_VQAV2_ROOT"
 )
 ANSWER_CHOICES = ("first", "multiple_choice_answer", "most_common")
+QUESTION_FIELDS = {"question_id": int, "image_id": int, "question": str}
+ANNOTATION_FIELDS = {"question_id": int, "answers": list}
+
+
+def _qid(item: Any) -> str:
+    return repr(item.get("question_id")) if isinstance(item, Mapping) else "?"
 
 
 def pick_answer(record: Mapping[str, Any], how: str) -> str:
@@ -88,36 +95,55 @@ class VQAv2Builder(RecordBuilder):
     def raw_records(self, split: str) -> list[dict[str, Any]]:
         files = self.cfg["splits"][split]
         root = Path(self.cfg["root"])
-        questions = read_json(root / files["questions"], f"VQAv2 {split} questions file", self.how_to_obtain)
+        qpath = root / files["questions"]
+        questions = read_json(qpath, f"VQAv2 {split} questions file", self.how_to_obtain)
         questions = questions.get("questions") if isinstance(questions, dict) else None
         if not isinstance(questions, list):
-            raise DataError(f"{root / files['questions']} has no 'questions' list; it is not a VQAv2 questions file")
-        annotations: dict[int, dict[str, Any]] = {}
-        if files.get("annotations"):
-            path = root / files["annotations"]
-            data = read_json(path, f"VQAv2 {split} annotations file", self.how_to_obtain)
-            if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-                raise DataError(f"{path} has no 'annotations' list; it is not a VQAv2 annotations file")
-            annotations = {a["question_id"]: a for a in data["annotations"]}
+            raise DataError(f"{qpath} has no 'questions' list; it is not a VQAv2 questions file")
+        for q in questions:
+            check_fields(q, QUESTION_FIELDS, f"question {_qid(q)}", qpath, self.how_to_obtain)
+        unique_ids((q["question_id"] for q in questions), "question_id", qpath, self.how_to_obtain)
+        annotations = self._annotations(split, root) if files.get("annotations") else {}
         records = []
         for q in questions:
             ann = annotations.get(q["question_id"])
             if annotations and ann is None:
-                raise DataError(f"question {q['question_id']} of {root / files['questions']} has no annotation in "
+                raise DataError(f"question {q['question_id']} of {qpath} has no annotation in "
                                 f"{root / files['annotations']}; the two files are from different splits")
-            records.append({
-                "id": str(q["question_id"]),
-                "question_id": q["question_id"],
-                "image_id": q["image_id"],
-                "image": f"{files['image_dir']}/{files['image_name'].format(image_id=q['image_id'])}",
-                "question": q["question"],
-                "answers": [a["answer"] for a in ann["answers"]] if ann else [],
-                "multiple_choice_answer": ann.get("multiple_choice_answer") if ann else None,
-                "question_type": ann.get("question_type") if ann else None,
-                "answer_type": ann.get("answer_type") if ann else None,
-                "annotation": ann,
-            })
+            records.append(self._record(q, ann, files))
         return records
+
+    def _annotations(self, split: str, root: Path) -> dict[int, dict[str, Any]]:
+        path = root / self.cfg["splits"][split]["annotations"]
+        data = read_json(path, f"VQAv2 {split} annotations file", self.how_to_obtain)
+        if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+            raise DataError(f"{path} has no 'annotations' list; it is not a VQAv2 annotations file")
+        for a in data["annotations"]:
+            what = f"annotation of question {_qid(a)}"
+            check_fields(a, ANNOTATION_FIELDS, what, path, self.how_to_obtain)
+            for answer in a["answers"]:
+                check_fields(answer, {"answer": str}, f"an answer of {what}", path, self.how_to_obtain)
+            if len(a["answers"]) != ANSWERS_PER_QUESTION and not self.cfg["allow_answer_count"]:
+                raise DataError(f"{what} in {path} has {len(a['answers'])} answers, not VQAv2's "
+                                f"{ANSWERS_PER_QUESTION} (the accuracy formula assumes 10); fix the file, or set "
+                                f"datasets.{self.name}.allow_answer_count: true")
+        unique_ids((a["question_id"] for a in data["annotations"]), "question_id", path, self.how_to_obtain)
+        return {a["question_id"]: a for a in data["annotations"]}
+
+    @staticmethod
+    def _record(q: Mapping[str, Any], ann: Mapping[str, Any] | None, files: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "id": str(q["question_id"]),
+            "question_id": q["question_id"],
+            "image_id": q["image_id"],
+            "image": f"{files['image_dir']}/{files['image_name'].format(image_id=q['image_id'])}",
+            "question": q["question"],
+            "answers": [a["answer"] for a in ann["answers"]] if ann else [],
+            "multiple_choice_answer": ann.get("multiple_choice_answer") if ann else None,
+            "question_type": ann.get("question_type") if ann else None,
+            "answer_type": ann.get("answer_type") if ann else None,
+            "annotation": ann,
+        }
 
     def build(self, split: str, transform: Callable[[Any], Any] | None, train: bool) -> VQAv2Dataset:
         for key in ("train_answer", "demo_answer"):

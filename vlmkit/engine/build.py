@@ -142,25 +142,29 @@ def _load_checkpoint_file(model: Any, path: Path, arch: str) -> None:
 @contextlib.contextmanager
 def run_logging(log_file: Path | None = None) -> Iterator[None]:
     """Without ``log_file``: INFO to stdout on rank 0 (warnings elsewhere). With it: also to that file (rank 0), used
-    once the run may write into its output directory."""
-    handlers: list[logging.Handler] = []
+    once the run may write into its output directory; the result tables (logger ``vlmkit.tables``) go there too."""
+    tables = logging.getLogger("vlmkit.tables")
+    tables.setLevel(logging.INFO)
+    tables.propagate = False
+    attached: list[tuple[logging.Logger, logging.Handler]] = []
     if log_file is None:
         logger.setLevel(logging.INFO if dist.is_main() else logging.WARNING)
         logger.propagate = False
-        handlers.append(logging.StreamHandler(sys.stdout))
+        attached.append((logger, logging.StreamHandler(sys.stdout)))
     elif dist.is_main():
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    for h in handlers:
-        h.setFormatter(fmt)
-        logger.addHandler(h)
+        attached.append((logger, logging.FileHandler(log_file)))
+        attached.append((tables, logging.FileHandler(log_file)))
+    for target, handler in attached:
+        handler.setFormatter(logging.Formatter("%(message)s") if target is tables else
+                             logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        target.addHandler(handler)
     try:
         yield
     finally:
-        for h in handlers:
-            logger.removeHandler(h)
-            h.close()
+        for target, handler in attached:
+            target.removeHandler(handler)
+            handler.close()
 
 
 def apply_effective_batch(run: DictConfig, world_size: int) -> None:

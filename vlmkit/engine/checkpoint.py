@@ -6,7 +6,10 @@ temporary name first and moved into place with ``os.replace``, so a crash never 
 """
 from __future__ import annotations
 
+import logging
+import os
 import random
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,17 +17,73 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlmkit.errors import CheckpointError, missing_file
-from vlmkit.io import write_atomic
+from vlmkit.errors import CheckpointError, DataError, missing_file
+from vlmkit.io import atomic_path, write_atomic
+
+logger = logging.getLogger("vlmkit")
 
 #: Marks a file as a vlmkit training checkpoint (versus e.g. an OpenFlamingo checkpoint.pt).
 FORMAT_KEY = "vlmkit_checkpoint"
 FORMAT_VERSION = 1
 
 
-def save_state(state: Mapping[str, Any], path: str | Path) -> None:
-    """Write a full training state atomically."""
-    write_atomic(path, lambda tmp: torch.save({FORMAT_KEY: FORMAT_VERSION, **state}, tmp))
+#: Headroom on top of the tensors' bytes when checking free space (pickle framing, the config, RNG states).
+SAVE_OVERHEAD_BYTES = 16 * 2**20
+
+
+def previous_path(path: Path) -> Path:
+    """Where the checkpoint before ``path`` is kept (``last.pt`` → ``last.prev.pt``)."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def tensor_bytes(tree: Any) -> int:
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, Mapping):
+        return sum(tensor_bytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(tensor_bytes(v) for v in tree)
+    return 0
+
+
+def save_state(state: Mapping[str, Any], path: str | Path, keep_previous: bool = True) -> None:
+    """Write a full training state atomically; the state it replaces is kept as ``<name>.prev.pt`` (so there are two
+    good checkpoints). Free space is checked first; a failed write is one CheckpointError and leaves both in place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    needed = tensor_bytes(state) + SAVE_OVERHEAD_BYTES
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        raise CheckpointError(f"not enough free space to write {path}: it needs about {needed / 2**20:.0f} MiB and "
+                              f"{free / 2**20:.0f} MiB are free; free some space (or move run.output_dir) and "
+                              f"--resume{_kept(path)}")
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({FORMAT_KEY: FORMAT_VERSION, **state}, tmp)
+            if keep_previous and path.is_file():
+                os.replace(path, previous_path(path))
+    except (OSError, RuntimeError) as e:
+        raise CheckpointError(f"could not write {path}: {' '.join(str(e).split())[:200]}; free some space (or "
+                              f"move run.output_dir) and --resume{_kept(path)}") from e
+
+
+def _kept(path: Path) -> str:
+    kept = [p for p in (path, previous_path(path)) if p.is_file()]
+    return f" (kept: {', '.join(map(str, kept))})" if kept else ""
+
+
+def load_state_or_previous(path: Path) -> tuple[dict[str, Any], Path]:
+    """The state at ``path``, or — when that file is missing or unreadable — the previous one, with a warning."""
+    try:
+        return load_state(path), path
+    except (CheckpointError, DataError) as newer_error:
+        older = previous_path(path)
+        if not older.is_file():
+            raise
+        state = load_state(older)
+        logger.warning("%s; resuming from the checkpoint before it, %s (step %s)", newer_error, older,
+                       state.get("step"))
+        return state, older
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ user's ``run.hooks`` entries (registry ``HOOKS``).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -23,20 +24,25 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from vlmkit import dist
 from vlmkit.config import save_config, to_dict
+from vlmkit.data.validate import validate_datasets
 from vlmkit.engine.build import (apply_effective_batch, build_loader, build_model, build_task, check_datasets,
                                  check_strategy, load_checkpoint_into, on_device, run_logging,
                                  save_weights_from_all_ranks, seed_everything, wrap_model)
-from vlmkit.engine.checkpoint import load_state, load_weights, peek_arch, save_state
+from vlmkit.engine.checkpoint import load_state_or_previous, load_weights, previous_path, save_state
 from vlmkit.engine.fsdp import full_tensors, is_sharded, load_trainable
 from vlmkit.engine.hooks import CheckpointHook, EvalHook, LoggingHook, LRHook, MetricsFiles
+from vlmkit.engine.rundir import (PREVIOUS_DIR, RunDirLock, drop_previous_run, evaluation_dir, existing_run,
+                                  move_previous_run, refuse_if_locked, resume_changes)
 from vlmkit.engine.optim import build_optimizer, effective_batch_size, resolve_lr
 from vlmkit.engine.schedulers import StepScheduler, build_scheduler
 from vlmkit.engine.trainer import AMP_DTYPES, HookBase, Trainer
 from vlmkit.errors import CheckpointError, ConfigError, DataError, VlmkitError, missing_file
+from vlmkit.failures import Interrupted, sigterm_as_interrupt
 from vlmkit.registry import HOOKS
 from vlmkit.tasks.base import Task, run_evaluation
 
 logger = logging.getLogger("vlmkit")
+table_logger = logging.getLogger("vlmkit.tables")  # log.txt only (the terminal gets the plain print)
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
 BEST_WEIGHTS = Path("checkpoints") / "best.safetensors"
@@ -49,9 +55,12 @@ def metric_key(dataset: str, split: str, n_datasets: int) -> str:
 
 
 def print_tables(task: Task, results: Mapping[str, Mapping[str, Any]]) -> None:
+    """Each split's table on the terminal and in log.txt (rank 0)."""
     if dist.is_main():
         for key, metrics in results.items():
-            print(f"== {key} ==\n{task.format_table(metrics)}", flush=True)
+            text = f"== {key} ==\n{task.format_table(metrics)}"
+            print(text, flush=True)
+            table_logger.info(text)
 
 
 def main_score(task: Task, results: Mapping[str, Mapping[str, Any]]) -> float | None:
@@ -86,6 +95,10 @@ class Runner:
         self.datasets = self.build_datasets(splits, train_splits)
         self.hooks: list[HookBase] = []
         self.trainer: Trainer | None = None
+        self.saved_step: int | None = None  # step of the newest checkpoints/last.pt this run wrote or resumed from
+        self.force_config = False  # --resume --force-config
+        self.overwrite = False  # --overwrite
+        self.resume_notes: list[str] = []  # config changes a resume accepted
 
     # ------------------------------------------------------------------------------------------------- building
     @classmethod
@@ -94,9 +107,10 @@ class Runner:
         check_strategy(run)
         apply_effective_batch(run, dist.world_size())
         last = Path(run.output_dir) / LAST_CHECKPOINT
-        if resume and not last.is_file():
+        if resume and not last.is_file() and not previous_path(last).is_file():
             raise CheckpointError(f"--resume: no checkpoint at {last} (run.output_dir={run.output_dir}); "
                                   "start without --resume, or point run.output_dir at the interrupted run")
+        refuse_if_locked(Path(run.output_dir))
         splits = list(dict.fromkeys([*run.train_splits, *run.val_splits, *run.test_splits]))
         return cls(cfg, device, splits, train_splits=list(run.train_splits))
 
@@ -121,9 +135,14 @@ class Runner:
         return runner
 
     def build_datasets(self, splits: Sequence[str], train_splits: Sequence[str] = ()) -> dict[str, dict[str, Dataset]]:
-        """(Re)build the task's datasets for ``splits`` (those in ``train_splits`` for training) and check them."""
+        """(Re)build the task's datasets for ``splits`` (those in ``train_splits`` for training) and check them: not
+        empty, and every image decodes (``run.validate_images``)."""
         datasets = self.task.build_datasets(self.model, splits=list(splits), train=list(train_splits))
         check_datasets(datasets)
+        if self.cfg.run.get("validate_images", True):
+            n = validate_datasets(datasets)
+            if n:
+                logger.info("checked %d images: all decode", n)
         return datasets
 
     def rebuild(self, cfg: DictConfig) -> None:
@@ -195,26 +214,42 @@ class Runner:
         assert self.trainer is not None
         trainer_state = self.trainer.state_dict()
         weights = full_tensors(self.model.trainable_state_dict())
+        failure = None
         if dist.is_main():
-            save_state({"arch": self.cfg.model.arch, "config": to_dict(self.cfg), "model": weights, **trainer_state},
-                       self.output_dir / LAST_CHECKPOINT)
-        dist.barrier()
+            try:
+                save_state({"arch": self.cfg.model.arch, "config": to_dict(self.cfg), "model": weights,
+                            **trainer_state}, self.output_dir / LAST_CHECKPOINT)
+                self.saved_step = int(trainer_state["step"])
+            except CheckpointError as e:
+                failure = str(e)
+        failure = dist.broadcast_object(failure)  # every rank stops on a failed save, not only rank 0
+        if failure is not None:
+            raise CheckpointError(failure)
 
     # -------------------------------------------------------------------------------------------------- training
     def _resume_state(self, resume: bool) -> dict[str, Any] | None:
         last, arch = self.output_dir / LAST_CHECKPOINT, self.cfg.model.arch
         if not resume:
-            old_arch = peek_arch(last) if last.is_file() else None
-            if old_arch is not None and old_arch != arch:
-                raise ConfigError(f"{self.output_dir} holds a run of model '{old_arch}' ({last}); this config builds "
-                                  f"'{arch}': choose another run.output_dir")
             return None
-        state = load_state(last)
+        state, last = load_state_or_previous(last)
         if state.get("arch") != arch:
             raise CheckpointError(f"{last} is a checkpoint of model '{state.get('arch')}', but this config builds "
                                   f"'{arch}'; resume with the config it was trained with")
+        self._check_resume_config(state.get("config") or {}, last)
         self.model.load_trainable_state_dict(state["model"])
+        self.saved_step = int(state.get("step", 0))
         return state
+
+    def _check_resume_config(self, stored: Mapping[str, Any], last: Path) -> None:
+        refused, safe = resume_changes(stored, to_dict(self.cfg))
+        if refused and not self.force_config:
+            more = f" (and {len(refused) - 3} more)" if len(refused) > 3 else ""
+            raise ConfigError(f"--resume: this config differs from the one {last} was trained with in keys that change "
+                              f"the data order, the batch, the model or the optimisation: {'; '.join(refused[:3])}"
+                              f"{more}; resume with the original config, or add --force-config to accept the change")
+        # logged once log.txt is open (_start_logs)
+        self.resume_notes = [f"--force-config: resuming with a changed config: {c}" for c in refused] + \
+            [f"resuming with {c}" for c in safe]
 
     def _build_trainer(self) -> tuple[Trainer, StepScheduler, int, float]:
         run = self.cfg.run
@@ -235,7 +270,7 @@ class Runner:
 
     def train(self, resume: bool = False) -> dict[str, dict[str, Any]]:
         """Train per ``run``, evaluate the test splits (with the best validation weights if any); metrics by split."""
-        run, out = self.cfg.run, self.output_dir
+        out = self.output_dir
         state = self._resume_state(resume)
         trainer, scheduler, total_steps, lr = self._build_trainer()
         self.trainer = trainer
@@ -244,67 +279,139 @@ class Runner:
         if state is not None:
             trainer.load_state_dict(state)
             del state
-        eval_hook = next(h for h in self.hooks if isinstance(h, EvalHook))
-        metrics = MetricsFiles(out)
         # Everything is built and valid: from here on the run writes into output_dir.
-        with run_logging(out / "log.txt"):
-            if dist.is_main():
-                out.mkdir(parents=True, exist_ok=True)
-                save_config(self.cfg, out / "config.yaml")
-            if resume:
-                metrics.truncate_after(trainer.step)
-                logger.info("resuming from %s at epoch %d, batch %d of %d (step %d)", out / LAST_CHECKPOINT,
-                            trainer.epoch, trainer.iter_in_epoch, len(trainer.loader), trainer.step)
-            else:
-                metrics.reset()
-                if (out / LAST_CHECKPOINT).is_file():
-                    logger.info("%s exists from an earlier run of the same model; starting fresh (it will be "
-                                "overwritten)", out / LAST_CHECKPOINT)
-            batch = effective_batch_size(run, dist.world_size())
-            logger.info("effective batch %d (batch %d x %d ranks x accum %d); lr %.4g%s; %d steps (%d per epoch)",
-                        batch, run.batch_size, dist.world_size(), run.accum_iter, lr,
-                        "" if run.lr is not None else f" = blr {run.blr:g} x {batch} / 256", total_steps,
-                        math.ceil(len(trainer.loader) / int(run.accum_iter)))
-            dist.barrier()
+        moved = None if resume else self._claim_output_dir()
+        with RunDirLock(out) if dist.is_main() else contextlib.nullcontext(), run_logging(out / "log.txt"):
+            try:
+                self._start_logs(resume, lr, total_steps, moved)
+                trainer.train()
+                results = self._finish()
+            except KeyboardInterrupt:
+                raise self._interrupted() from None
+        if moved is not None and dist.is_main():
+            drop_previous_run(out)
+        return results
 
-            trainer.train()
+    def _claim_output_dir(self) -> Path | None:
+        """Refuse a directory that holds a run unless ``--overwrite``; with it, move the old run aside (returned)."""
+        out = self.output_dir
+        held = dist.broadcast_object(existing_run(out) if dist.is_main() else None)  # before rank 0 writes there
+        if held is None:
+            return None
+        if not self.overwrite:
+            raise ConfigError(f"run.output_dir {out} already holds {held}; --resume continues it, --overwrite "
+                              f"replaces it (the old files are kept in {out / PREVIOUS_DIR} until the new run "
+                              "finishes), or choose another run.output_dir")
+        moved = move_previous_run(out) if dist.is_main() else out / PREVIOUS_DIR
+        dist.barrier()
+        return moved
 
-            save_weights_from_all_ranks(self.model, out / FINAL_WEIGHTS, self.cfg.model.arch)
-            logger.info("trained weights: %s (%d skipped steps)", out / FINAL_WEIGHTS, trainer.skipped_steps)
-            results: dict[str, dict[str, Any]] = {}
-            if run.test_splits:
-                if eval_hook.evaluated and (out / BEST_WEIGHTS).is_file():
-                    load_trainable(self.model, load_weights(out / BEST_WEIGHTS))
-                    logger.info("testing the best validation weights (epoch %s)", eval_hook.best_epoch)
-                results = self.evaluate(list(run.test_splits), epoch=trainer.epoch, step=trainer.step)
-                print_tables(self.task, results)
-            for hook in self.hooks:
-                hook.after_run()
-            return results
+    def _start_logs(self, resume: bool, lr: float, total_steps: int, moved: Path | None) -> None:
+        run, out, trainer = self.cfg.run, self.output_dir, self.trainer
+        assert trainer is not None
+        metrics = MetricsFiles(out)
+        if dist.is_main():
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, out / "config.yaml")
+        if moved is not None:
+            logger.info("--overwrite: the previous run is in %s until this run finishes", moved)
+        for note in self.resume_notes:
+            (logger.warning if note.startswith("--force-config") else logger.info)(note)
+        if resume:
+            metrics.truncate_after(trainer.step)
+            logger.info("resuming from %s at epoch %d, batch %d of %d (step %d)", out / LAST_CHECKPOINT,
+                        trainer.epoch, trainer.iter_in_epoch, len(trainer.loader), trainer.step)
+        else:
+            metrics.reset()
+        batch = effective_batch_size(run, dist.world_size())
+        logger.info("effective batch %d (batch %d x %d ranks x accum %d); lr %.4g%s; %d steps (%d per epoch)",
+                    batch, run.batch_size, dist.world_size(), run.accum_iter, lr,
+                    "" if run.lr is not None else f" = blr {run.blr:g} x {batch} / 256", total_steps,
+                    math.ceil(len(trainer.loader) / int(run.accum_iter)))
+        dist.barrier()
+
+    def _finish(self) -> dict[str, dict[str, Any]]:
+        run, out, trainer = self.cfg.run, self.output_dir, self.trainer
+        assert trainer is not None
+        eval_hook = next(h for h in self.hooks if isinstance(h, EvalHook))
+        save_weights_from_all_ranks(self.model, out / FINAL_WEIGHTS, self.cfg.model.arch)
+        logger.info("trained weights: %s (%d skipped steps)", out / FINAL_WEIGHTS, trainer.skipped_steps)
+        results: dict[str, dict[str, Any]] = {}
+        if run.test_splits:
+            if eval_hook.evaluated and (out / BEST_WEIGHTS).is_file():
+                load_trainable(self.model, load_weights(out / BEST_WEIGHTS))
+                logger.info("testing the best validation weights (epoch %s)", eval_hook.best_epoch)
+            results = self.evaluate(list(run.test_splits), epoch=trainer.epoch, step=trainer.step)
+            print_tables(self.task, results)
+        for hook in self.hooks:
+            hook.after_run()
+        logger.info("outputs in %s: %s, metrics.json, metrics.jsonl, predictions/, checkpoints/, config.yaml, log.txt",
+                    out, FINAL_WEIGHTS)
+        return results
+
+    def _interrupted(self) -> Interrupted:
+        step = self.trainer.step if self.trainer is not None else 0
+        last = self.output_dir / LAST_CHECKPOINT
+        if self.saved_step is not None and last.is_file():
+            return Interrupted(f"interrupted at step {step}; the last good checkpoint is {last} (step "
+                               f"{self.saved_step})", resumable=True)
+        return Interrupted(f"interrupted at step {step}, before the first checkpoint (written every run.save_every="
+                           f"{self.cfg.run.save_every} steps, 0 = at epoch ends only): nothing to resume",
+                           resumable=False)
 
 
 # --- entry points (vlmkit train / vlmkit evaluate)
 
 
-def train(cfg: DictConfig, resume: bool = False) -> dict[str, dict[str, Any]]:
-    """Train per ``cfg.run``, evaluate on the test splits, return the final metrics by split."""
+def train(cfg: DictConfig, resume: bool = False, overwrite: bool = False,
+          force_config: bool = False) -> dict[str, dict[str, Any]]:
+    """Train per ``cfg.run``, evaluate on the test splits, return the final metrics by split. ``overwrite``: replace a
+    run already in ``run.output_dir``; ``force_config``: resume although the config changed (vlmkit/engine/rundir.py)."""
     device = dist.init(cfg.run.device)
     try:
-        with run_logging():
-            return Runner.for_training(cfg, device, resume).train(resume)
+        with run_logging(), sigterm_as_interrupt():
+            runner = Runner.for_training(cfg, device, resume)
+            runner.overwrite, runner.force_config = overwrite, force_config
+            return runner.train(resume)
     finally:
         dist.cleanup()
 
 
-def evaluate(cfg: DictConfig, checkpoint: str | None = None, splits: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate ``splits`` (default ``run.test_splits``) with optional trained weights; return metrics by split."""
+def evaluate(cfg: DictConfig, checkpoint: str | None = None, splits: list[str] | None = None,
+             output_dir: str | None = None) -> dict[str, Any]:
+    """Evaluate ``splits`` (default ``run.test_splits``) with optional trained weights; return metrics by split.
+
+    Writes into ``output_dir`` (default ``run.output_dir``), or a fresh ``evaluations/<time>/`` inside it when it
+    holds a training run."""
     device = dist.init(cfg.run.device)
     try:
-        with run_logging():
-            runner = Runner.for_evaluation(copy.deepcopy(cfg), device, splits, checkpoint)
-            with run_logging(runner.output_dir / "log.txt"):
+        with run_logging(), sigterm_as_interrupt():
+            cfg = with_evaluation_dir(cfg, output_dir)
+            runner = Runner.for_evaluation(cfg, device, splits, checkpoint)
+            with RunDirLock(runner.output_dir) if dist.is_main() else contextlib.nullcontext(), \
+                    run_logging(runner.output_dir / "log.txt"):
+                warn_if_untrained(cfg, checkpoint)
                 results = runner.evaluate(runner.splits)
                 print_tables(runner.task, results)
+                warn_if_untrained(cfg, checkpoint)
+                logger.info("outputs in %s: metrics.json, metrics.jsonl, predictions/, log.txt", runner.output_dir)
                 return results
     finally:
         dist.cleanup()
+
+
+def with_evaluation_dir(cfg: DictConfig, output_dir: str | None) -> DictConfig:
+    """A copy of ``cfg`` whose ``run.output_dir`` is where this evaluation writes (rundir.evaluation_dir; the same path
+    on every rank)."""
+    cfg = copy.deepcopy(cfg)
+    target = evaluation_dir(Path(output_dir or cfg.run.output_dir)) if dist.is_main() else None
+    cfg.run.output_dir = str(dist.broadcast_object(target))
+    return cfg
+
+
+def warn_if_untrained(cfg: DictConfig, checkpoint: str | None) -> None:
+    """A loud warning when no trained weights are loaded: the scores are those of the random initialisation."""
+    if checkpoint is None and not cfg.model.get("checkpoint"):
+        logger.warning("NO TRAINED WEIGHTS: neither --checkpoint nor model.checkpoint is set, so model '%s' is scored "
+                       "with its untrained (randomly initialised) adapters; pass --checkpoint "
+                       "<run>/model.safetensors to evaluate a trained model", cfg.model.arch)

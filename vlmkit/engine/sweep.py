@@ -8,6 +8,7 @@ and sample standard deviation over trials, and rank 0 prints them as a Markdown 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import statistics
@@ -20,8 +21,10 @@ from omegaconf import DictConfig
 from vlmkit import dist
 from vlmkit.engine.build import run_logging, seed_everything
 from vlmkit.engine.hooks import MetricsFiles
-from vlmkit.engine.runner import Runner
+from vlmkit.engine.rundir import RunDirLock
+from vlmkit.engine.runner import Runner, warn_if_untrained, with_evaluation_dir
 from vlmkit.errors import ConfigError
+from vlmkit.failures import sigterm_as_interrupt
 from vlmkit.io import write_json_atomic
 
 logger = logging.getLogger("vlmkit")
@@ -92,18 +95,23 @@ def format_summary(summary: Mapping[str, Any], shots: Sequence[int], scale: floa
 
 
 def run_sweep(cfg: DictConfig, shots: Sequence[int], trials: int = 1, checkpoint: str | None = None,
-              splits: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate every (shots, trial) with one model; write each point's files and the summary; return the summary."""
+              splits: list[str] | None = None, output_dir: str | None = None) -> dict[str, Any]:
+    """Evaluate every (shots, trial) with one model; write each point's files and the summary; return the summary.
+    Writes where a plain evaluation would (``output_dir`` or ``run.output_dir``, see runner.with_evaluation_dir)."""
     shots = check_sweep(cfg, shots, trials)
-    cfg = copy.deepcopy(cfg)
-    set_point(cfg, shots[0], 0)  # the datasets the runner builds and checks before writing are the first point's
     points = [(n, t) for n in shots for t in range(trials)]
     device = dist.init(cfg.run.device)
     try:
-        with run_logging():
+        with run_logging(), sigterm_as_interrupt():
+            cfg = with_evaluation_dir(cfg, output_dir)
+            set_point(cfg, shots[0], 0)  # the datasets the runner builds and checks before writing are the first point's
             runner = Runner.for_evaluation(cfg, device, splits, checkpoint)
-            with run_logging(runner.output_dir / "log.txt"):
-                return _sweep(runner, points, shots, trials)
+            with RunDirLock(runner.output_dir) if dist.is_main() else contextlib.nullcontext(), \
+                    run_logging(runner.output_dir / "log.txt"):
+                warn_if_untrained(cfg, checkpoint)
+                summary = _sweep(runner, points, shots, trials)
+                logger.info("outputs in %s: %s, shots<N>/trial<t>/, log.txt", runner.output_dir, SUMMARY_FILE)
+                return summary
     finally:
         dist.cleanup()
 

@@ -119,12 +119,24 @@ def permute_for_hf_rotary(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return weight.view(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
 
 
+def _load_shard(path: Path) -> dict[str, torch.Tensor]:
+    """One ``consolidated.NN.pth``, tensors only (``weights_only``: a file that would run code is refused)."""
+    try:
+        shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # UnpicklingError for code-running pickles, RuntimeError for torn or non-torch files
+        raise CheckpointError(f"refusing to load {path}: it is not a plain tensor checkpoint "
+                              f"({' '.join(str(e).split())[:160]}); re-download the LLaMA weights ({HOW_TO_OBTAIN})") from e
+    if not isinstance(shard, dict):
+        raise CheckpointError(f"{path} holds a {type(shard).__name__}, not a state dict of tensors; re-download it")
+    return shard
+
+
 def load_meta_state_dict(size_dir: Path, n_layers: int) -> dict[str, torch.Tensor]:
     """Read ``consolidated.NN.pth`` (memory-mapped) and merge model-parallel shards into full Meta-named tensors."""
     shards = sorted(size_dir.glob("consolidated.*.pth"))
     if not shards:
         raise missing_file(size_dir / "consolidated.00.pth", "LLaMA weights", HOW_TO_OBTAIN)
-    loaded = [torch.load(p, map_location="cpu", weights_only=True, mmap=True) for p in shards]
+    loaded = [_load_shard(p) for p in shards]
     expected = dict(_SHARD_DIM_GLOBAL)
     for i in range(n_layers):
         expected.update({f"layers.{i}.{k}": d for k, d in _SHARD_DIM_LAYER.items()})
