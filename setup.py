@@ -29,9 +29,11 @@ EXTRAS = {
     "quant": ["bitsandbytes>=0.48,<0.51", "accelerate>=1.10,<1.16"],  # 8-/4-bit models, 8-bit and paged optimizers
     "shards": ["webdataset>=0.2.100,<1.1", "braceexpand>=0.1.7,<0.2"],  # webdataset tar shards
     "wandb": ["wandb>=0.25,<0.32"],  # the Weights & Biases logging hook
+    "chat": ["gradio>=6.31,<6.32"],  # the web chat (vlmkit chat --web)
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
-EXTRAS["test"] = EXTRAS["all"] + ["pytest>=8,<10", "pytest-timeout>=2.3,<3"]
+# playwright drives the system's Chromium in tests/test_chat_web.py (never a downloaded browser)
+EXTRAS["test"] = EXTRAS["all"] + ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "playwright>=1.65,<1.66"]
 
 setup(
     name="vlmkit",

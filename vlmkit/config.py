@@ -95,7 +95,7 @@ def _generate_options(arch: str, given: Any, source: str) -> None:
     params = inspect.signature(generate).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    allowed = [n for n, p in params.items() if n not in ("self", "batch", "synced_gpus")
+    allowed = [n for n, p in params.items() if n not in ("self", "batch", "synced_gpus", "streamer")
                and p.kind is not inspect.Parameter.VAR_POSITIONAL]
     for key in given:
         if key not in allowed:

@@ -16,6 +16,7 @@ EXTRAS = {
     "quant": (("bitsandbytes", "accelerate"), "8-/4-bit models and 8-bit/paged optimizers"),
     "shards": (("webdataset", "braceexpand"), "webdataset tar shards"),
     "wandb": (("wandb",), "the Weights & Biases logging hook"),
+    "chat": (("gradio",), "the web chat (vlmkit chat --web)"),
 }
 
 

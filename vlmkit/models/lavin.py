@@ -254,13 +254,15 @@ class LaVIN(VLModel):
 
     @torch.no_grad()
     def generate(self, batch: Mapping[str, Any], max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-                 num_beams: int = 1, use_cache: bool = True, synced_gpus: bool = False) -> list[str]:
+                 num_beams: int = 1, use_cache: bool = True, synced_gpus: bool = False,
+                 streamer: Any = None) -> list[str]:
         """Decoded continuations (prompt excluded, cut at EOS), through transformers' ``generate``: ``temperature``
         0 is greedy (deterministic) or beam search with ``num_beams``; otherwise sampling from softmax(logits /
         temperature) with nucleus ``top_p``. ``use_cache`` False recomputes the whole sequence each step (a check of
         the KV-cache path). ``synced_gpus`` (set by the runner under FSDP): keep stepping until every rank's batch has
-        finished, since each step all-gathers sharded weights. These parameters are what ``run.generate`` may set (the
-        config loader checks its keys against this signature)."""
+        finished, since each step all-gathers sharded weights. ``streamer`` (vlmkit chat): a transformers streamer that
+        receives the tokens as they are generated (one sample, one beam). These parameters are what ``run.generate``
+        may set (the config loader checks its keys against this signature)."""
         from transformers import GenerationConfig
 
         sample = temperature > 0
@@ -279,7 +281,7 @@ class LaVIN(VLModel):
         try:
             with self._reused_routing():
                 tokens = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config,
-                                           synced_gpus=synced_gpus)
+                                           synced_gpus=synced_gpus, streamer=streamer)
         finally:
             handle.remove()
         eos = self.tokenizer.eos_token_id

@@ -194,23 +194,24 @@ class OpenFlamingo(VLModel):
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 20, num_beams: int = 3, length_penalty: float = 0.0,
                  temperature: float = 0.0, top_p: float = 1.0, do_sample: bool | None = None,
-                 synced_gpus: bool = False) -> list[str]:
+                 synced_gpus: bool = False, streamer: Any = None) -> list[str]:
         """Continuations of the (left-padded) prompts, stopping at ``<|endofchunk|>``; special tokens removed.
 
         Greedy/beam search by default; sampling when ``do_sample`` or (``do_sample`` None and) ``temperature > 0``,
         only then are ``temperature`` and ``top_p`` used. ``synced_gpus`` (set by the runner under FSDP): keep stepping
-        until every rank has finished, since each step all-gathers sharded weights. These parameters are what
-        ``run.generate`` may set (the config loader checks its keys against this signature).
+        until every rank has finished, since each step all-gathers sharded weights. ``streamer`` (vlmkit chat): a
+        transformers streamer that receives the tokens as they are generated (one sample, one beam). These parameters
+        are what ``run.generate`` may set (the config loader checks its keys against this signature).
         """
         new_tokens = self.generate_ids(batch, max_new_tokens=max_new_tokens, num_beams=num_beams,
                                        length_penalty=length_penalty, temperature=temperature, top_p=top_p,
-                                       do_sample=do_sample, synced_gpus=synced_gpus)
+                                       do_sample=do_sample, synced_gpus=synced_gpus, streamer=streamer)
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     @torch.no_grad()
     def generate_ids(self, batch: dict[str, Any], max_new_tokens: int = 20, num_beams: int = 3,
                      length_penalty: float = 0.0, temperature: float = 0.0, top_p: float = 1.0,
-                     do_sample: bool | None = None, synced_gpus: bool = False) -> torch.Tensor:
+                     do_sample: bool | None = None, synced_gpus: bool = False, streamer: Any = None) -> torch.Tensor:
         """The generated token ids (B, ≤ max_new_tokens), prompt excluded, padded with the pad id after the end."""
         from transformers import GenerationConfig
 
@@ -229,7 +230,7 @@ class OpenFlamingo(VLModel):
         handle = self.lang_encoder.register_forward_pre_hook(supply, with_kwargs=True)
         try:
             out = self.lang_encoder.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                             generation_config=config, synced_gpus=synced_gpus)
+                                             generation_config=config, synced_gpus=synced_gpus, streamer=streamer)
         finally:
             handle.remove()
         return out[:, input_ids.shape[1]:]
