@@ -21,6 +21,17 @@ def test_evaluate_same_for_any_rank_count(quickstart_run, ranks, tmp_path):
     reference = json.loads((quickstart_run["out"] / "predictions/scienceqa_test.json").read_text())
     assert preds["results"] == reference["results"]
     assert metrics["Average"] == json.loads((quickstart_run["out"] / "metrics.json").read_text())["test"]["Average"]
+    # per-sample records: the same lines at any rank count (dataset order, padding duplicates dropped), and their
+    # per-item scores average to the official accuracy
+    samples = (out / "samples" / "scienceqa_test.jsonl").read_text()
+    assert samples == (quickstart_run["out"] / "samples" / "scienceqa_test.jsonl").read_text()
+    rows = [json.loads(line) for line in samples.splitlines()]
+    assert [r["index"] for r in rows] == list(range(200)) and len({r["id"] for r in rows}) == 200
+    assert sum(r["score"] for r in rows) / 200 * 100 == pytest.approx(metrics["Average"])
+    assert sum(r["unparsed"] for r in rows) == metrics["unparsed"]
+    first = rows[0]
+    assert first["prompt"].startswith(("Image: <image>", "Image: N/A")) and first["generation"]
+    assert first["reference"]["answer"] in range(len(first["reference"]["choices"])) and "category" in first
 
 
 def test_lavin_trains_under_torchrun_two_ranks(quickstart_run, tmp_path):

@@ -49,7 +49,10 @@ def sweep(model):
 
 def test_layout_and_summary(sweep):
     out = sweep["out"]
-    assert sorted(p.name for p in out.iterdir()) == ["fewshot_summary.json", "log.txt", "shots0", "shots2"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "fewshot.jsonl", "fewshot.md", "fewshot_summary.json",
+                                                     "log.txt", "protocol.json", "shots0", "shots2"]
+    log = (out / "log.txt").read_text()  # the terminal's summary table and the outputs line are in the log too
+    assert "== few-shot overall (mean ± std over" in log and f"outputs in {out}: fewshot_summary.json" in log
     summary = json.loads((out / "fewshot_summary.json").read_text())
     assert summary["main_metric"] == "overall" and summary["trials"] == TRIALS
     assert list(summary["splits"]) == ["val"]
@@ -58,7 +61,7 @@ def test_layout_and_summary(sweep):
         scores = []
         for t in range(TRIALS):
             point = out / f"shots{n}" / f"trial{t}"
-            assert sorted(p.name for p in point.iterdir()) == ["metrics.json", "metrics.jsonl", "predictions"]
+            assert sorted(p.name for p in point.iterdir()) == ["metrics.json", "metrics.jsonl", "predictions", "samples"]
             assert (point / "predictions" / PREDICTIONS).is_file()
             assert len((point / "metrics.jsonl").read_text().splitlines()) == 1
             scores.append(json.loads((point / "metrics.json").read_text())["val"]["overall"])
@@ -92,6 +95,42 @@ def test_point_equals_plain_evaluation(model, sweep):
     point = sweep["out"] / "shots2" / "trial1"
     assert json.loads((point / "metrics.json").read_text()) == json.loads((plain / "metrics.json").read_text())
     assert (point / "predictions" / PREDICTIONS).read_text() == (plain / "predictions" / PREDICTIONS).read_text()
+
+
+def test_a_killed_sweep_resumes_to_the_same_result(model, sweep):
+    """SIGKILL in the middle of the second point; --resume skips the finished point, continues the cut one, and the
+    summary and every point's predictions equal those of the uninterrupted sweep."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = model["root"] / "sweep_cut"
+    args = [EVALUATE, "--cfg-path", PROJECT, "--checkpoint", model["weights"], "--split", "val", "--shots",
+            *map(str, SHOTS), "--trials", str(TRIALS), "--options", f"run.output_dir={out}",
+            "run.generate.max_new_tokens=3", "run.eval_batch_size=2"]
+    env = {**os.environ, **model["env"], "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, *args], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    second = out / "shots0" / "trial1" / "samples" / "vqav2_val.jsonl"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if second.is_file() and second.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "fewshot_summary.json").exists(), "the sweep finished before it could be cut"
+    res = run_tool([*args, "--resume"], env=model["env"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "shots=0 trial=0 finished earlier, skipped" in res.stdout
+    assert json.loads((out / "fewshot_summary.json").read_text()) == \
+        json.loads((sweep["out"] / "fewshot_summary.json").read_text())
+    for n in SHOTS:
+        for t in range(TRIALS):
+            name = f"shots{n}/trial{t}/predictions/{PREDICTIONS}"
+            assert (out / name).read_text() == (sweep["out"] / name).read_text(), name
 
 
 def test_two_ranks_give_the_same_summary(model, sweep):

@@ -63,8 +63,32 @@ def test_two_rank_evaluation_matches_one_rank(trained):
                        torchrun=ranks)
         assert res.returncode == 0, res.stderr[-3000:]
         outs[ranks, strategy] = json.loads((out / "predictions" / trained["predictions"]).read_text())
+        samples = (out / "samples" / trained["predictions"].replace(".json", ".jsonl")).read_text()
+        outs[ranks, strategy, "samples"] = samples
     assert outs[1, "ddp"] == outs[2, "ddp"] == outs[2, "fsdp"]
+    assert outs[1, "ddp", "samples"] == outs[2, "ddp", "samples"] == outs[2, "fsdp", "samples"]
+    # the per-item scores are the official scorer's: their mean is the split's metric
+    rows = [json.loads(line) for line in outs[1, "ddp", "samples"].splitlines()]
+    metric = _metric(trained["root"] / "eval_1_ddp", trained)
+    scale = 1.0 if trained["metric"] == "CIDEr" else 100.0  # VQA accuracy in percent; raw CIDEr
+    assert sum(r["score"] for r in rows) / len(rows) * scale == pytest.approx(metric, abs=1e-6 if scale == 1 else 0.01)
+    assert all("<image>" in r["prompt"] and isinstance(r["reference"], list) for r in rows)
     assert outs[1, "ddp"] == json.loads((trained["run"] / "predictions" / trained["predictions"]).read_text())
+
+
+def test_limit_evaluates_the_first_items_apart_from_full_results(trained):
+    target = trained["root"] / "limited"
+    res = run_tool([str(REPO / "tools/evaluate.py"), "--cfg-path", str(REPO / trained["project"]),
+                    "--checkpoint", str(trained["run"] / "model.safetensors"), "--split", trained["split"],
+                    "--limit", "5", "--options", f"run.output_dir={target}"], env=trained["env"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = target / "subsets" / "limit5"
+    metrics = json.loads((out / "metrics.json").read_text())[trained["split"]]
+    total = len(json.loads((trained["run"] / "predictions" / trained["predictions"]).read_text()))
+    assert metrics["subset"] == f"the first 5 of {total} items" and not (target / "metrics.json").exists()
+    rows = [json.loads(line) for line in (out / "samples" / trained["predictions"].replace(".json", ".jsonl"))
+            .read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2, 3, 4]
 
 
 def test_two_rank_training(trained):

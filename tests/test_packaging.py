@@ -76,4 +76,4 @@ def test_unknown_command_is_one_error_line(installed: dict) -> None:
     res = subprocess.run(["vlmkit", "lsit"], cwd=installed["work"], env=installed["env"], capture_output=True,
                          text=True)
     assert res.returncode == 2 and res.stderr.strip() == (
-        "error: unknown command 'lsit'; did you mean 'list'? commands: train, evaluate, prepare-data, score, list, compare, study")
+        "error: unknown command 'lsit'; did you mean 'list'? commands: train, evaluate, prepare-data, score, list, chat, inspect, compare, study")

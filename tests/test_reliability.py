@@ -57,6 +57,7 @@ def assert_mid_run_error(res, needle: str) -> str:
     (2, "plugin", "ValueError: toy_fail plugin broke on rank 1 (raised at toy_components.py"),
     (3, "config", "toy_fail: a config error raised on rank 2 only"),
     (3, "plugin", "ValueError: toy_fail plugin broke on rank 2"),
+    (3, "data", "toy_fail: a data error raised on rank 2 only"),
 ])
 def test_error_on_one_rank_reaches_the_user(tmp_path, ranks, kind, expected):
     failing = ranks - 1

@@ -1,6 +1,7 @@
 """The ``vlmkit`` command and the entry points behind tools/*.py: argument parsing and the one-line error contract.
 
-    vlmkit train | evaluate | prepare-data | score | list   (``vlmkit COMMAND --help`` for each)
+    vlmkit train | evaluate | prepare-data | score | list | chat | inspect | compare | study
+    (``vlmkit COMMAND --help`` for each)
 
 A user error (:class:`vlmkit.errors.VlmkitError`) prints ``error: <message>`` on stderr and exits with status 2, any
 other exception one ``error: <Type>: ...`` line and status 1; with ``--debug`` the traceback is shown instead. Under
@@ -116,11 +117,19 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
                              "evaluations/<time>/ inside it, so the run's own files are never replaced)")
     parser.add_argument("--trials", type=int, default=None, metavar="T",
                         help="with --shots: trials 0..T-1 per shots, each with other demos (default 1)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted evaluation: only the items its samples/*.jsonl lack are evaluated")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="evaluate the first N items of each split (written under subsets/limitN, marked as such)")
+    parser.add_argument("--ids", default=None, metavar="FILE",
+                        help="evaluate only the sample ids listed in FILE, one per line (written under subsets/)")
     args = parser.parse_args(argv)
 
     def run(a: argparse.Namespace) -> int:
         from vlmkit.config import load_config
+        from vlmkit.engine.evaluation import EvalOptions, read_ids
         from vlmkit.errors import ConfigError
+        from vlmkit.failures import Interrupted
 
         if a.shots is None and a.trials is not None:
             raise ConfigError("--trials needs --shots (e.g. --shots 0 4 8 --trials 3)")
@@ -128,12 +137,22 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
         if a.shots is not None:
             from vlmkit.engine.sweep import run_sweep
 
-            run_sweep(cfg, a.shots, 1 if a.trials is None else a.trials, checkpoint=a.checkpoint, splits=a.splits,
-                      output_dir=a.output_dir)
+            if a.limit is not None or a.ids is not None:
+                raise ConfigError("--limit / --ids apply to a plain evaluation; a sweep's query set is "
+                                  "datasets.<name>.fewshot.query_set_size (docs/fewshot.md)")
+            try:
+                run_sweep(cfg, a.shots, 1 if a.trials is None else a.trials, checkpoint=a.checkpoint,
+                          splits=a.splits, output_dir=a.output_dir, resume=a.resume)
+            except Interrupted as e:
+                raise Interrupted(f"{e}; resume with: {resume_command(argv, prog)}", resumable=True) from None
             return 0
         from vlmkit.engine.runner import evaluate
 
-        evaluate(cfg, checkpoint=a.checkpoint, splits=a.splits, output_dir=a.output_dir)
+        options = EvalOptions(resume=a.resume, limit=a.limit, ids=read_ids(a.ids) if a.ids else None)
+        try:
+            evaluate(cfg, checkpoint=a.checkpoint, splits=a.splits, output_dir=a.output_dir, options=options)
+        except Interrupted as e:
+            raise Interrupted(f"{e}; resume with: {resume_command(argv, prog)}", resumable=True) from None
         return 0
 
     return guarded(run, args)
@@ -187,6 +206,8 @@ COMMANDS = {
     "prepare-data": ("generate synthetic datasets in the official layouts, or write shards", "vlmkit.prepare_data:main"),
     "score": ("score a results file with the official rules (scienceqa, vqa, caption)", "vlmkit.metrics.__main__:main"),
     "list": ("list registered models, tasks, datasets, schedulers, hooks, processors", "vlmkit.cli:list_main"),
+    "chat": ("chat with a trained model about images (terminal, or --web)", "vlmkit.chat:chat_main"),
+    "inspect": ("show an evaluation's answers item by item (terminal table or HTML page)", "vlmkit.inspect:inspect_main"),
     "compare": ("compare runs: results.md table, PNG plots, report.html", "vlmkit.compare:compare_main"),
     "study": ("train every project YAML of a folder (skipping finished runs), then compare them",
               "vlmkit.compare:study_main"),
@@ -218,11 +239,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return getattr(importlib.import_module(module), function)(args[1:], prog=f"vlmkit {args[0]}")
 
 
+def _exit(status: int) -> None:
+    """Exit with ``status``. Under torchrun, without the interpreter's teardown: the process group is destroyed and
+    every file closed by then, and gloo's threads can abort a finished rank during teardown ("terminate called without
+    an active exception", exit -6) even though the run succeeded."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 def console() -> None:
     """The installed ``vlmkit`` script (setup.py entry point)."""
-    sys.exit(main())
+    _exit(main())
 
 
 def entry(main: Callable[..., int]) -> None:
     """Used by tools/*.py: run and exit with its status."""
-    sys.exit(main(None, prog=Path(sys.argv[0]).name))
+    _exit(main(None, prog=Path(sys.argv[0]).name))

@@ -162,3 +162,19 @@ def stable_seed(*parts: object) -> int:
     inputs (epoch 1 vs 2, rank 0 vs 1) give unrelated seeds. Fits ``random.Random`` and ``torch.Generator``."""
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "big")
+
+
+_SHA256: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (remembered per path, size and mtime within a process: a 7B checkpoint is read once)."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
+        _SHA256[key] = digest.hexdigest()
+    return _SHA256[key]

@@ -6,6 +6,8 @@
                                     + DIR/tokenizer/tokenizer.model trained on its text
     synthetic-vqav2 --out DIR       a generated VQAv2 set (official question/annotation files, JPEGs) + tokenizer
     shards --dataset D --splits S --out DIR   webdataset tar shards of a dataset split (builders read either form)
+    rices-features --cfg-path P --split S...  the CLIP features RICES picks demos by, cached per split and keyed by
+                                    the vision weights and the data (docs/fewshot.md)
 
 Errors a user can cause print one line and exit with status 2 (as every vlmkit command does).
 """
@@ -16,8 +18,12 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vlmkit.errors import DataError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 #: Files and folders the ScienceQA generator writes; --force replaces exactly these and nothing else in --out.
 SCIENCEQA_OUTPUTS = ("problems.json", "pid_splits.json", "captions.json", "images", "weights")
@@ -127,9 +133,98 @@ def add_shards(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=prepare_shards_main)
 
 
+def add_rices_features(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rices-features", help="compute and cache the CLIP image features RICES demos are chosen by")
+    p.add_argument("--cfg-path", required=True, help="project YAML whose model.vision computes the features")
+    p.add_argument("--split", dest="splits", nargs="+", required=True, metavar="SPLIT",
+                   help="splits to cache: the demo pool (fewshot.demo_split, e.g. train) and the evaluated split(s)")
+    p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module that registers components (repeatable)")
+    p.add_argument("--dataset", default=None, help="the dataset of the config (default: its one few-shot dataset)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="cache directory (default: datasets.<name>.fewshot.rices_features_dir)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.set_defaults(run=run_rices_features)
+
+
+def _rices_target(args: argparse.Namespace) -> tuple[DictConfig, str, Path]:
+    """The config, the few-shot dataset and the cache directory of ``rices-features`` (checked)."""
+    from vlmkit.config import load_config
+    from vlmkit.errors import ConfigError
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cfg = load_config(args.cfg_path, args.options, args.imports)
+    names = [str(n) for n, d in cfg.datasets.items() if d.get("fewshot") is not None]
+    if args.dataset is not None and args.dataset not in names:
+        raise ConfigError(f"--dataset {args.dataset}: the config's few-shot datasets are: {', '.join(names) or 'none'}")
+    if args.dataset is None and len(names) != 1:
+        raise ConfigError(f"rices-features: the config has {len(names)} few-shot datasets "
+                          f"({', '.join(names) or 'none'}); choose one with --dataset")
+    name = args.dataset or names[0]
+    out = args.out or cfg.datasets[name].fewshot.get("rices_features_dir")
+    if not out:
+        raise ConfigError(f"rices-features: no cache directory; pass --out DIR or set "
+                          f"datasets.{name}.fewshot.rices_features_dir")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise DataError(f"--out {out} is a file, not a directory")
+    return cfg, name, Path(out)
+
+
+def run_rices_features(args: argparse.Namespace) -> int:
+    """Cache ``<out>/<split>.pt`` per split, keyed by the vision weights and the split's data; a cache that matches is
+    kept, one made with other weights or data is replaced only with ``--force``. Every split is computed before any
+    file is written."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from vlmkit.data import fewshot as fs
+    from vlmkit.registry import DATASETS
+
+    cfg, name, out = _rices_target(args)
+    dcfg = cfg.datasets[name]
+    vision = fs.vision_key(cfg.model)
+    device = str(cfg.run.device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    encode, transform = fs.build_rices_encoder(cfg.model, device)
+    # the whole split: max_samples cuts evaluated items, and the cache serves every subset of them
+    builder = DATASETS.build_named(name, OmegaConf.merge(dcfg, {"max_samples": None}) if "max_samples" in dcfg
+                                   else dcfg, f"datasets.{name}")
+    todo = []
+    for split in dict.fromkeys(args.splits):
+        dataset = builder.build(split, transform, train=False)
+        path = out / f"{split}.pt"
+        meta = fs.cache_meta(dataset, vision)
+        if path.exists():
+            old = fs.read_features(path).get("meta") or {}
+            same = (old.get("vision") or {}).get("sha256") == vision["sha256"] and \
+                old.get("data_sha256") == meta["data_sha256"]
+            if same and not args.force:
+                print(f"{path} is up to date ({len(dataset)} items, {fs.describe_vision(vision)})")
+                continue
+            if not same and not args.force:
+                why = "other vision weights" if (old.get("vision") or {}).get("sha256") != vision["sha256"] \
+                    else "other data"
+                raise DataError(f"{path} holds RICES features made with {why}; pass --force to replace it, or "
+                                "choose another --out")
+        todo.append((dataset, path, meta))
+    computed = []
+    for dataset, path, meta in todo:
+        start = time.time()
+        ids, feats = fs.compute_image_features(dataset, encode, args.batch_size, progress=True)
+        computed.append((dataset, path, meta, ids, feats, time.time() - start))
+    for dataset, path, meta, ids, feats, seconds in computed:
+        fs.save_features(path, ids, feats, meta=meta, images=[r["image"] for r in dataset.records])
+        print(f"wrote {path} ({len(ids)} items, {len(set(r['image'] for r in dataset.records))} images, "
+              f"dim {feats.shape[1]}, {fs.describe_vision(vision)}, {seconds:.1f}s)")
+    return 0
+
+
 # One entry per subcommand: its parser setup.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    add_synthetic_scienceqa, add_synthetic_flamingo, add_shards)
+    add_synthetic_scienceqa, add_synthetic_flamingo, add_shards, add_rices_features)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from vlmkit.engine.sweep import SUMMARY_FILE
+from vlmkit.engine.sweep_files import SUMMARY_FILE
 from vlmkit.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"

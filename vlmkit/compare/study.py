@@ -58,7 +58,8 @@ def load_study(paths: Sequence[Path], out: Path, options: Sequence[str],
 
 def is_finished(cfg: DictConfig) -> bool:
     """``model.safetensors`` and a ``metrics.json`` with every test split of the run."""
-    from vlmkit.engine.runner import FINAL_WEIGHTS, metric_key
+    from vlmkit.engine.evaluation import metric_key
+    from vlmkit.engine.runner import FINAL_WEIGHTS
 
     out = Path(cfg.run.output_dir)
     if not (out / FINAL_WEIGHTS).is_file() or not (out / "metrics.json").is_file():

@@ -130,6 +130,9 @@ class ScienceQADataset(Dataset):
     def __len__(self) -> int:
         return len(self.qids)
 
+    def sample_id(self, index: int) -> str:
+        return self.qids[index]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         qid = self.qids[index]
         problem = self.problems[qid]

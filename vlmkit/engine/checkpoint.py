@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vlmkit.errors import CheckpointError, DataError, missing_file
-from vlmkit.io import atomic_path, write_atomic
+from vlmkit.io import atomic_path, remove_stale_temporaries, temporary_sibling, write_atomic
 
 logger = logging.getLogger("vlmkit")
 
@@ -61,10 +61,22 @@ def save_state(state: Mapping[str, Any], path: str | Path, keep_previous: bool =
         with atomic_path(path) as tmp:
             torch.save({FORMAT_KEY: FORMAT_VERSION, **state}, tmp)
             if keep_previous and path.is_file():
-                os.replace(path, previous_path(path))
+                _keep_as_previous(path)  # `path` stays in place until the new file replaces it atomically
     except (OSError, RuntimeError) as e:
         raise CheckpointError(f"could not write {path}: {' '.join(str(e).split())[:200]}; free some space (or "
                               f"move run.output_dir) and --resume{_kept(path)}") from e
+
+
+def _keep_as_previous(path: Path) -> None:
+    """Make ``<name>.prev.pt`` the current ``path`` (a hard link, or a copy where links are not supported)."""
+    previous = previous_path(path)
+    remove_stale_temporaries(previous)
+    staging = temporary_sibling(previous)
+    try:
+        os.link(path, staging)
+    except OSError:
+        shutil.copyfile(path, staging)
+    os.replace(staging, previous)
 
 
 def _kept(path: Path) -> str:

@@ -11,7 +11,6 @@ user's ``run.hooks`` entries (registry ``HOOKS``).
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -28,52 +27,27 @@ from vlmkit.data.validate import validate_datasets
 from vlmkit.engine.build import (apply_effective_batch, build_loader, build_model, build_task, check_datasets,
                                  check_strategy, load_checkpoint_into, on_device, run_logging,
                                  save_weights_from_all_ranks, seed_everything, wrap_model)
+from vlmkit.engine import evaluation
+from vlmkit.engine.evaluation import (EvalOptions, check_options, main_score, metric_key, print_tables,
+                                      warn_if_untrained, with_evaluation_dir)
 from vlmkit.engine.checkpoint import load_state_or_previous, load_weights, previous_path, save_state
 from vlmkit.engine.fsdp import full_tensors, is_sharded, load_trainable
 from vlmkit.engine.hooks import CheckpointHook, EvalHook, LoggingHook, LRHook, MetricsFiles
-from vlmkit.engine.rundir import (PREVIOUS_DIR, RunDirLock, drop_previous_run, evaluation_dir, existing_run,
+from vlmkit.engine.rundir import (PREVIOUS_DIR, RunDirLock, drop_previous_run, existing_run,
                                   move_previous_run, refuse_if_locked, resume_changes)
 from vlmkit.engine.optim import build_optimizer, effective_batch_size, resolve_lr
 from vlmkit.engine.schedulers import StepScheduler, build_scheduler
 from vlmkit.engine.trainer import AMP_DTYPES, HookBase, Trainer
-from vlmkit.errors import CheckpointError, ConfigError, DataError, VlmkitError, missing_file
+from vlmkit.errors import CheckpointError, ConfigError, DataError, missing_file
 from vlmkit.failures import Interrupted, sigterm_as_interrupt
 from vlmkit.registry import HOOKS
-from vlmkit.tasks.base import Task, run_evaluation
+from vlmkit.tasks.base import run_evaluation
 
 logger = logging.getLogger("vlmkit")
-table_logger = logging.getLogger("vlmkit.tables")  # log.txt only (the terminal gets the plain print)
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
 BEST_WEIGHTS = Path("checkpoints") / "best.safetensors"
 FINAL_WEIGHTS = "model.safetensors"
-
-
-def metric_key(dataset: str, split: str, n_datasets: int) -> str:
-    """``<split>`` for a run over one dataset, ``<dataset>_<split>`` when several share a split name."""
-    return split if n_datasets == 1 else f"{dataset}_{split}"
-
-
-def print_tables(task: Task, results: Mapping[str, Mapping[str, Any]]) -> None:
-    """Each split's table on the terminal and in log.txt (rank 0)."""
-    if dist.is_main():
-        for key, metrics in results.items():
-            text = f"== {key} ==\n{task.format_table(metrics)}"
-            print(text, flush=True)
-            table_logger.info(text)
-
-
-def main_score(task: Task, results: Mapping[str, Mapping[str, Any]]) -> float | None:
-    """The mean of the task's main metric over the evaluated validation splits (higher is better)."""
-    if not results:
-        return None
-    scores = []
-    for key, metrics in results.items():
-        if task.main_metric not in metrics:
-            raise VlmkitError(f"task '{type(task).__name__}' reported no main metric '{task.main_metric}' for {key} "
-                              f"(it reported: {', '.join(metrics)})")
-        scores.append(float(metrics[task.main_metric]))
-    return sum(scores) / len(scores)
 
 
 class Runner:
@@ -121,6 +95,9 @@ class Runner:
         if not splits:
             raise ConfigError("nothing to evaluate: run.test_splits is empty and no --split was given")
         strategy = check_strategy(cfg.run)
+        from vlmkit.data.fewshot import check_rices_cache
+
+        check_rices_cache(cfg, splits)  # a RICES feature cache of other vision weights is refused before the build
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise missing_file(checkpoint, "checkpoint", "pass --checkpoint <output_dir>/model.safetensors of a "
                                                          "finished run")
@@ -171,35 +148,42 @@ class Runner:
 
     # ------------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, splits: Sequence[str], output_dir: str | Path | None = None, epoch: int | None = None,
-                 step: int | None = None) -> dict[str, dict[str, Any]]:
-        """Evaluate every dataset's ``splits`` (those it has): predictions, metrics.jsonl and metrics.json under
-        ``output_dir`` (default ``run.output_dir``); every hook's ``after_eval`` sees each result."""
+                 step: int | None = None, options: EvalOptions | None = None) -> dict[str, dict[str, Any]]:
+        """Evaluate every dataset's ``splits`` (those it has): predictions, per-sample records, metrics.jsonl and
+        metrics.json under ``output_dir`` (default ``run.output_dir``); every hook's ``after_eval`` sees each result.
+        ``options``: a subset, or resuming the records of an interrupted evaluation (vlmkit/engine/evaluation.py)."""
         out = Path(output_dir) if output_dir is not None else self.output_dir
+        options = options or EvalOptions()
         metrics = MetricsFiles(out)
-        run = self.cfg.run
-        amp = AMP_DTYPES.get(run.get("amp") or "")
         results: dict[str, dict[str, Any]] = {}
         self.model.eval()
         for name, by_split in self.datasets.items():
             for split in splits:
                 if split not in by_split:
                     continue
-                ds = by_split[split]
                 key = metric_key(name, split, len(self.datasets))
-                gen_kwargs = self.task.generation_kwargs()
-                if is_sharded(self.model):  # every generation step is a collective: finished ranks keep stepping
-                    gen_kwargs["synced_gpus"] = True
-                loader = build_loader(ds, self.model, run, train=False)
-                with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
-                    result = run_evaluation(self.model, on_device(loader, self.device),
-                                            self.task.build_evaluator(name, split, ds), gen_kwargs,
-                                            out / "predictions" / f"{name}_{split}.json", desc=f"eval {key}")
+                result = self._evaluate_split(name, split, by_split[split], key, out, options)
                 results[key] = result
                 metrics.append({"split": key, "dataset": name, "epoch": epoch, "step": step, **result})
                 metrics.update_latest(key, result)
                 for hook in self.hooks:
                     hook.after_eval(key, result, step)
         return results
+
+    def _evaluate_split(self, name: str, split: str, ds: Dataset, key: str, out: Path,
+                        options: EvalOptions) -> dict[str, Any]:
+        run = self.cfg.run
+        amp = AMP_DTYPES.get(run.get("amp") or "")
+        gen_kwargs = self.task.generation_kwargs()
+        if is_sharded(self.model):  # every generation step is a collective: finished ranks keep stepping
+            gen_kwargs["synced_gpus"] = True
+        run_set, log, index_of, done, subset = evaluation.prepare(ds, f"{name}_{split}", out, self.cfg, options)
+        loader = build_loader(run_set, self.model, run, train=False)
+        with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+            result = run_evaluation(self.model, on_device(loader, self.device), self.task.build_evaluator(name, split, ds),
+                                    gen_kwargs, out / "predictions" / f"{name}_{split}.json", desc=f"eval {key}",
+                                    samples=log, index_of=index_of, done=done)
+        return evaluation.mark_subset(result, subset)
 
     def _evaluate_val(self, epoch: int, step: int) -> float | None:
         results = self.evaluate(list(self.cfg.run.val_splits), epoch=epoch, step=step)
@@ -372,46 +356,40 @@ def train(cfg: DictConfig, resume: bool = False, overwrite: bool = False,
         with run_logging(), sigterm_as_interrupt():
             runner = Runner.for_training(cfg, device, resume)
             runner.overwrite, runner.force_config = overwrite, force_config
-            return runner.train(resume)
+            results = runner.train(resume)
+            dist.barrier()  # every rank is done before the group is torn down (an early leaver aborts gloo at exit)
+            return results
     finally:
         dist.cleanup()
 
 
 def evaluate(cfg: DictConfig, checkpoint: str | None = None, splits: list[str] | None = None,
-             output_dir: str | None = None) -> dict[str, Any]:
+             output_dir: str | None = None, options: EvalOptions | None = None) -> dict[str, Any]:
     """Evaluate ``splits`` (default ``run.test_splits``) with optional trained weights; return metrics by split.
 
     Writes into ``output_dir`` (default ``run.output_dir``), or a fresh ``evaluations/<time>/`` inside it when it
-    holds a training run."""
+    holds a training run; ``options``: ``--limit`` / ``--ids`` subsets, ``--resume`` (vlmkit/engine/evaluation.py)."""
+    options = options or EvalOptions()
+    check_options(options)
+    options.checkpoint = checkpoint
     device = dist.init(cfg.run.device)
     try:
         with run_logging(), sigterm_as_interrupt():
-            cfg = with_evaluation_dir(cfg, output_dir)
+            cfg = with_evaluation_dir(cfg, output_dir, options)
             runner = Runner.for_evaluation(cfg, device, splits, checkpoint)
             with RunDirLock(runner.output_dir) if dist.is_main() else contextlib.nullcontext(), \
                     run_logging(runner.output_dir / "log.txt"):
                 warn_if_untrained(cfg, checkpoint)
-                results = runner.evaluate(runner.splits)
+                try:
+                    results = runner.evaluate(runner.splits, options=options)
+                except KeyboardInterrupt:
+                    raise Interrupted(f"evaluation interrupted; the items done so far are recorded in "
+                                      f"{runner.output_dir / 'samples'}", resumable=True) from None
                 print_tables(runner.task, results)
                 warn_if_untrained(cfg, checkpoint)
-                logger.info("outputs in %s: metrics.json, metrics.jsonl, predictions/, log.txt", runner.output_dir)
-                return results
+                logger.info("outputs in %s: metrics.json, metrics.jsonl, predictions/, samples/, log.txt",
+                            runner.output_dir)
+            dist.barrier()  # every rank is done before the group is torn down
+            return results
     finally:
         dist.cleanup()
-
-
-def with_evaluation_dir(cfg: DictConfig, output_dir: str | None) -> DictConfig:
-    """A copy of ``cfg`` whose ``run.output_dir`` is where this evaluation writes (rundir.evaluation_dir; the same path
-    on every rank)."""
-    cfg = copy.deepcopy(cfg)
-    target = evaluation_dir(Path(output_dir or cfg.run.output_dir)) if dist.is_main() else None
-    cfg.run.output_dir = str(dist.broadcast_object(target))
-    return cfg
-
-
-def warn_if_untrained(cfg: DictConfig, checkpoint: str | None) -> None:
-    """A loud warning when no trained weights are loaded: the scores are those of the random initialisation."""
-    if checkpoint is None and not cfg.model.get("checkpoint"):
-        logger.warning("NO TRAINED WEIGHTS: neither --checkpoint nor model.checkpoint is set, so model '%s' is scored "
-                       "with its untrained (randomly initialised) adapters; pass --checkpoint "
-                       "<run>/model.safetensors to evaluate a trained model", cfg.model.arch)

@@ -32,7 +32,7 @@ RESULTS_HOW = 'write a JSON list [{"image_id": <id>, "caption": <str>}], one per
 SPICE_CORENLP_JAR = Path("lib") / "stanford-corenlp-3.6.0.jar"
 
 
-def caption_scores(ground_truth: dict, results: list[dict], spice: bool = False, *,
+def caption_scores(ground_truth: dict, results: list[dict], spice: bool = False, *, per_image: dict | None = None,
                    ground_truth_source: str = "ground truth", results_source: str = "results") -> dict[str, float]:
     """pycocoevalcap scores of ``results`` against COCO-format ``ground_truth``.
 
@@ -40,6 +40,8 @@ def caption_scores(ground_truth: dict, results: list[dict], spice: bool = False,
         ground_truth: ``{"images": [{"id"}], "annotations": [{"image_id", "id", "caption"}]}``.
         results: ``[{"image_id", "caption"}]``, one per image; only these images are scored.
         spice: also compute SPICE (needs Stanford CoreNLP 3.6.0 installed into pycocoevalcap).
+        per_image: a dict that receives ``{image_id: CIDEr}`` as pycocoevalcap computes it per image (their mean is
+            the corpus CIDEr).
         *_source: where the inputs came from (file paths), for error messages.
 
     Returns:
@@ -68,13 +70,15 @@ def caption_scores(ground_truth: dict, results: list[dict], spice: bool = False,
     chatter = io.StringIO()  # pycocotools and the BLEU scorer print progress; stdout must stay clean for the CLI
     with contextlib.redirect_stdout(chatter):
         gts, res = _tokenized_pairs(ground_truth, results)
-        scores: dict[str, float] = {}
+        scores: dict[str, Any] = {}
         for scorer, names in scorers:
-            score, _ = scorer.compute_score(gts, res)
+            score, per_item = scorer.compute_score(gts, res)
             if isinstance(names, list):
                 scores.update({name: float(s) for name, s in zip(names, score)})
             else:
                 scores[names] = float(score)
+            if names == "CIDEr" and per_image is not None:  # the scorer's per-image values, in gts order
+                per_image.update({image_id: float(v) for image_id, v in zip(gts, per_item)})
     if chatter.getvalue():
         logger.debug("pycocoevalcap output:\n%s", chatter.getvalue())
     return scores

@@ -14,6 +14,7 @@ from vlmkit.models.llama import PAD_ID
 IMAGE_PREFIX = "Image: "
 NO_IMAGE_PREFIX = "Image: N/A"
 IGNORE_INDEX = -100  # label of positions that are not scored
+IMAGE_MARKER = "<image>"  # how the image tokens are shown in per-sample records
 
 
 class LaVINCollator:
@@ -81,6 +82,9 @@ class LaVINCollator:
             "image_start": torch.tensor(starts, dtype=torch.long),
             "ids": [str(s.get("id")) for s in samples],
         }
+        if not self.train:  # the text the model was given, for the per-sample records (vlmkit/tasks/samples.py)
+            batch["prompts"] = [(IMAGE_PREFIX + IMAGE_MARKER if img is not None else NO_IMAGE_PREFIX) + s["prompt"]
+                                for s, (_, _, img, _) in zip(samples, rows)]
         if self.train:
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
         return batch

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from vlmkit import dist
 from vlmkit.io import write_json_atomic
+from vlmkit.tasks.samples import SampleLog
 
 
 class Evaluator:
@@ -39,6 +40,16 @@ class Evaluator:
     def format_predictions(self, predictions: Mapping[str, Any]) -> Any:
         """The predictions in the benchmark's official results format (written to ``predictions/<dataset>_<split>.json``)."""
         return dict(predictions)
+
+    def item(self, sample_id: str) -> dict[str, Any]:
+        """The per-sample record fields of a processed sample (vlmkit/tasks/samples.py): ``prediction``,
+        ``reference``, ``score`` (the official per-item score, None where there is none), ``unparsed``,
+        ``category``. Tasks override it; the default records the prediction only."""
+        return {"prediction": self._predictions.get(sample_id), "reference": None, "score": None, "unparsed": False}
+
+    def item_scores(self, predictions: Mapping[str, Any]) -> dict[str, float]:
+        """Per-item scores that need the whole split (per-image CIDEr); after :meth:`evaluate`, on rank 0."""
+        return {}
 
 
 class Task:
@@ -100,18 +111,57 @@ def run_evaluation(
     gen_kwargs: Mapping[str, Any],
     predictions_path: str | Path | None = None,
     desc: str = "eval",
+    samples: SampleLog | None = None,
+    index_of: Mapping[str, int] | None = None,
+    done: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Generate over this rank's shard, gather and deduplicate predictions, score on rank 0; metrics on every rank."""
+    """Generate over this rank's shard, gather and deduplicate predictions, score on rank 0; metrics on every rank.
+
+    ``samples`` (rank 0's record file, None elsewhere) gets every batch's per-sample rows; ``index_of`` maps sample
+    ids to dataset positions; ``done``: rows recorded by an earlier, interrupted run of this evaluation (rank 0),
+    whose generations are taken instead of generated again.
+    """
     from tqdm import tqdm
 
     evaluator.reset()
+    if done:
+        evaluator.process(list(done), [row["generation"] for row in done.values()])
     for batch in tqdm(loader, desc=desc, disable=not dist.is_main(), dynamic_ncols=True):
+        ids = [str(i) for i in batch["ids"]]
         outputs = model.generate(batch, **gen_kwargs)
-        evaluator.process(list(batch["ids"]), outputs)
+        evaluator.process(ids, outputs)
+        if index_of is not None:
+            rows = batch_rows(evaluator, ids, outputs, batch, index_of)
+            gathered = dist.gather_objects(rows)
+            if samples is not None:
+                samples.append(row for part in gathered for row in part)
     merged = merge_predictions(dist.gather_objects(evaluator.predictions()))
     metrics = None
     if dist.is_main():
         metrics = evaluator.evaluate(merged)
         if predictions_path is not None:
             write_json_atomic(predictions_path, evaluator.format_predictions(merged))
+        if samples is not None:
+            samples.finish(evaluator.item_scores(merged))
     return dist.broadcast_object(metrics)
+
+
+def batch_rows(evaluator: Evaluator, ids: Sequence[str], outputs: Sequence[str], batch: Mapping[str, Any],
+               index_of: Mapping[str, int]) -> list[dict[str, Any]]:
+    """The per-sample rows of one batch (prompts and demo ids as the collator passed them on)."""
+    prompts = batch.get("prompts") or [None] * len(ids)
+    demo_ids = batch.get("demo_ids") or [None] * len(ids)
+    rows = []
+    for sample_id, output, prompt, demos in zip(ids, outputs, prompts, demo_ids):
+        row = {"id": sample_id, "index": index_of[sample_id], "prompt": prompt}
+        if demos is not None:
+            row["demo_ids"] = list(demos)
+        rows.append({**row, "generation": output, **evaluator.item(sample_id)})
+    return rows
+
+
+def sample_ids(dataset: Any) -> list[str]:
+    """The sample id of every position of ``dataset`` (without loading images where the dataset can say)."""
+    if hasattr(dataset, "sample_id"):
+        return [str(dataset.sample_id(i)) for i in range(len(dataset))]
+    return [str(dataset[i]["id"]) for i in range(len(dataset))]

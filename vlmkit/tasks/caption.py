@@ -30,9 +30,24 @@ class CaptionEvaluator(GenerationEvaluator):
             raise DataError(f"{len(unscored)} evaluated images (e.g. {unscored[0]}) have no captions in the ground "
                             f"truth of {self.dataset.name} split '{self.dataset.split}'; check datasets."
                             f"{self.dataset.name}.gt_files")
-        metrics: dict[str, Any] = {k: float(v) for k, v in caption_scores(ground_truth, results).items()}
+        per_image: dict[int, float] = {}
+        metrics: dict[str, Any] = {k: float(v) for k, v in
+                                   caption_scores(ground_truth, results, per_image=per_image).items()}
         metrics["num_images"] = len(results)
+        self._per_image = per_image
         return metrics
+
+    def item(self, sample_id: str) -> dict[str, Any]:
+        record = self.dataset.record_by_id(sample_id)
+        prediction = self._predictions[sample_id]
+        return {"prediction": prediction, "reference": list(record["captions"]), "score": None,
+                "unparsed": not prediction}
+
+    def item_scores(self, predictions: Mapping[str, Any]) -> dict[str, float]:
+        """Per-image CIDEr of the last :meth:`evaluate` (the values pycocoevalcap averages)."""
+        per_image = getattr(self, "_per_image", {})
+        return {i: per_image[self.dataset.record_by_id(i)["image_id"]] for i in predictions
+                if self.dataset.record_by_id(i)["image_id"] in per_image}
 
     def format_predictions(self, predictions: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Official results format: ``[{image_id: int, caption: str}]``, one per image, by image id."""

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from omegaconf import OmegaConf
 from torch.utils.data import Dataset
 
 from vlmkit.data.records import RecordDataset
@@ -77,8 +78,10 @@ class GenerativeTask(Task):
                 if fewshot is not None and fewshot.get("shots") is not None:
                     from vlmkit.data.fewshot import wrap_fewshot
 
-                    if demos is None:
-                        demos = builder.build(str(fewshot["demo_split"]), transform, train=False)
+                    if demos is None:  # the whole demo split: max_samples cuts the evaluated items only
+                        pool = DATASETS.build_named(str(name), OmegaConf.merge(dcfg, {"max_samples": None}),
+                                                    f"datasets.{name}") if "max_samples" in dcfg else builder
+                        demos = pool.build(str(fewshot["demo_split"]), transform, train=False)
                     dataset = wrap_fewshot(dataset, demos, fewshot)
                 sets[split] = dataset
             out[str(name)] = sets

@@ -34,6 +34,11 @@ class ExactMatchEvaluator(GenerationEvaluator):
         right = sum(self.correct(i, p) for i, p in predictions.items())
         return {"accuracy": 100.0 * right / len(predictions), "num_samples": len(predictions)}
 
+    def item(self, sample_id: str) -> dict[str, Any]:
+        prediction = self._predictions[sample_id]
+        return {"prediction": prediction, "reference": list(self.dataset.record_by_id(sample_id)["answers"]),
+                "score": float(self.correct(sample_id, prediction)), "unparsed": not prediction}
+
     def format_predictions(self, predictions: Mapping[str, Any]) -> list[dict[str, Any]]:
         return [{"id": i, "prediction": p, "answers": self.dataset.record_by_id(i)["answers"],
                  "correct": self.correct(i, p)} for i, p in predictions.items()]

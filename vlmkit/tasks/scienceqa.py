@@ -43,6 +43,14 @@ class ScienceQAEvaluator(Evaluator):
         scores["n"] = len(results)
         return scores
 
+    def item(self, sample_id: str) -> dict[str, Any]:
+        from vlmkit.metrics.scienceqa import _columns
+
+        pred, problem = self._predictions[sample_id]["pred"], self.problems[sample_id]
+        return {"prediction": pred, "reference": {"answer": int(problem["answer"]), "choices": list(problem["choices"])},
+                "score": float(pred == int(problem["answer"])), "unparsed": pred == UNPARSED,
+                "category": _columns(problem)}
+
     def format_predictions(self, predictions: Mapping[str, Any]) -> dict[str, Any]:
         return {"results": {qid: int(p["pred"]) for qid, p in predictions.items()},
                 "outputs": {qid: p["output"] for qid, p in predictions.items()}}

@@ -34,6 +34,15 @@ class VQAEvaluator(GenerationEvaluator):
         metrics["perQuestionType"] = dict(scores.get("perQuestionType", {}))
         return metrics
 
+    def item(self, sample_id: str) -> dict[str, Any]:
+        from vlmkit.metrics.vqa import vqa_question_accuracy
+
+        record, prediction = self.dataset.record_by_id(sample_id), self._predictions[sample_id]
+        answers = list(record["answers"])
+        return {"prediction": prediction, "reference": answers,
+                "score": vqa_question_accuracy(answers, prediction) if answers else None,
+                "unparsed": not prediction, "category": [record["answer_type"]] if record.get("answer_type") else []}
+
     def format_predictions(self, predictions: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Official results format: ``[{question_id: int, answer: str}]``, one per question, by question id."""
         rows = [{"question_id": self.dataset.record_by_id(i)["question_id"], "answer": a} for i, a in predictions.items()]

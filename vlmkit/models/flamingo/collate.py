@@ -22,7 +22,8 @@ IGNORE_INDEX = -100  # label of tokens without loss (cross_entropy's ignore_inde
 class FlamingoCollator:
     """A picklable ``samples → batch`` callable.
 
-    Batch keys: input_ids, attention_mask, labels (training only), images, image_mask, ids.
+    Batch keys: input_ids, attention_mask, labels (training only), images, image_mask, ids; for evaluation also
+    prompts and demo_ids (the text the model was given, for the per-sample records).
     """
 
     tokenizer: Any
@@ -39,6 +40,9 @@ class FlamingoCollator:
         batch = self._pad(rows, label_rows)
         batch["images"], batch["image_mask"] = self._stack_images(samples)
         batch["ids"] = [str(s["id"]) for s in samples]
+        if not self.train:  # what the per-sample records show (vlmkit/tasks/samples.py)
+            batch["prompts"] = [s["prompt"] for s in samples]
+            batch["demo_ids"] = [s.get("demo_ids") for s in samples]
         return batch
 
     def _tokenize(self, sample: dict[str, Any], media_id: int) -> tuple[list[int], list[int]]:
