@@ -144,3 +144,70 @@ def test_a_step_that_cannot_be_placed_is_an_error(model: OpenFlamingo, batch: di
         fresh(model.lang_encoder, (), {"input_ids": ids[:2]})
     with pytest.raises(RuntimeError, match="without input_ids"):
         fresh(model.lang_encoder, (), {"inputs_embeds": torch.zeros(1, 2, 3)})
+
+
+def lm_call_shapes(model: OpenFlamingo, run) -> list[tuple[int, int]]:
+    """(rows, tokens) of every language-model call ``run()`` makes."""
+    shapes: list[tuple[int, int]] = []
+
+    def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        shapes.append(tuple(kwargs["input_ids"].shape))
+
+    handle = model.lang_encoder.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return shapes
+
+
+@pytest.mark.parametrize("num_beams", [2, 3])
+def test_shared_prefill_runs_each_prompt_once_and_changes_no_beam(model: OpenFlamingo, batch: dict,
+                                                                  num_beams: int) -> None:
+    """The prompt goes through the LM once per query (not per beam); the beams' outputs are those of beam search
+    that prefills every beam (and equal the uncached reference above)."""
+    rows, length = batch["input_ids"].shape
+    out: dict[bool, torch.Tensor] = {}
+    for shared in (True, False):
+        shapes = lm_call_shapes(model, lambda shared=shared: out.__setitem__(shared, model.generate_ids(
+            batch, max_new_tokens=MAX_NEW, num_beams=num_beams, length_penalty=0.0, share_prefill=shared)))
+        if shared:
+            assert shapes[0] == (rows, length - 1)  # the prefill: one row per prompt
+            assert shapes[1] == (rows * num_beams, 1)  # then the last prompt token, per beam
+        else:
+            assert shapes[0] == (rows * num_beams, length)
+        assert all(s == (rows * num_beams, 1) for s in shapes[2 if shared else 1:])
+    assert torch.equal(out[True], out[False])
+    assert cut_at_end(model, out[True]) == cut_at_end(model, beams_without_cache(model, batch, num_beams))
+
+
+def test_greedy_makes_no_prefill_call(model: OpenFlamingo, batch: dict) -> None:
+    shapes = lm_call_shapes(model, lambda: model.generate_ids(batch, max_new_tokens=3, num_beams=1))
+    assert shapes[0] == tuple(batch["input_ids"].shape)
+
+
+def test_media_keys_values_once_per_generate_call(model: OpenFlamingo, batch: dict) -> None:
+    """Each cross-attention layer projects the media to keys/values once per generate call, not once per step."""
+    from vlmkit.models.flamingo.modules import MaskedCrossAttention
+
+    layers = [m for m in model.modules() if isinstance(m, MaskedCrossAttention)]
+    calls = {id(m): 0 for m in layers}
+    handles = [m.to_kv.register_forward_hook(lambda mod, a, o, key=id(m): calls.__setitem__(key, calls[key] + 1))
+               for m in layers]
+    try:
+        steps = len(lm_call_shapes(model, lambda: model.generate_ids(batch, max_new_tokens=MAX_NEW, num_beams=3)))
+    finally:
+        for h in handles:
+            h.remove()
+    assert steps > 2 and set(calls.values()) == {1}
+
+
+def test_precomputed_media_replace_the_images(model: OpenFlamingo, batch: dict) -> None:
+    media = model.encode_images(batch["images"], batch["image_mask"])
+    without_images = {k: v for k, v in batch.items() if k not in ("images", "image_mask")}
+    for beams in (1, 3):
+        assert torch.equal(model.generate_ids({**without_images, "media": media}, max_new_tokens=MAX_NEW,
+                                              num_beams=beams),
+                           model.generate_ids(batch, max_new_tokens=MAX_NEW, num_beams=beams))
+    with pytest.raises(ValueError, match="vision cache"):
+        model.generate_ids({**without_images, "images_deferred": True}, max_new_tokens=2)

@@ -38,3 +38,34 @@ def call_input_ids(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
                            "be placed on its tokens")
     return input_ids
 
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The forward keyword this release's causal LM takes its KV cache by (``past_key_values`` → ``cache`` in 5.2x)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise RuntimeError(f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`; this transformers "
+                       "release is not supported (see docs/compatibility.md)")
+
+
+def new_cache(model: torch.nn.Module) -> Any:
+    """An empty dynamic KV cache for ``model`` (what ``generate`` would create)."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # releases whose DynamicCache takes no config
+        return DynamicCache()
+
+
+def repeat_cache_rows(cache: Any, repeats: int) -> None:
+    """Each row of a KV cache repeated ``repeats`` times in place (row i → rows i·r … i·r+r-1, as ``generate``
+    expands its inputs for beam search)."""
+    if not hasattr(cache, "batch_repeat_interleave"):
+        raise RuntimeError(f"{type(cache).__name__} cannot repeat its rows (no batch_repeat_interleave); this "
+                           "transformers release is not supported (see docs/compatibility.md)")
+    cache.batch_repeat_interleave(repeats)

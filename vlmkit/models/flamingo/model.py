@@ -157,6 +157,14 @@ class OpenFlamingo(VLModel):
     def collator(self, train: bool) -> FlamingoCollator:
         return FlamingoCollator(self.tokenizer, train=train, image_size=self.image_size)
 
+    #: Evaluation may take the visual tokens from a vision cache (vlmkit/engine/vision_cache.py): they depend on the
+    #: image and on :meth:`vision_cache_modules` only.
+    supports_vision_cache = True
+
+    def vision_cache_modules(self) -> list[tuple[str, nn.Module]]:
+        """The modules whose weights the visual tokens (:meth:`encode_images`) depend on."""
+        return [("vision_encoder", self.vision_encoder), ("perceiver", self.perceiver)]
+
     def encode_images(self, images: torch.Tensor, image_mask: torch.Tensor | None = None) -> torch.Tensor:
         """images (B, T_img, 1, 3, H, W) → visual tokens (B, T_img, num_latents, d_visual); padded slots skip CLIP."""
         b, t = images.shape[:2]
@@ -194,25 +202,33 @@ class OpenFlamingo(VLModel):
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 20, num_beams: int = 3, length_penalty: float = 0.0,
                  temperature: float = 0.0, top_p: float = 1.0, do_sample: bool | None = None,
-                 synced_gpus: bool = False, streamer: Any = None) -> list[str]:
+                 synced_gpus: bool = False, streamer: Any = None, share_prefill: bool = True) -> list[str]:
         """Continuations of the (left-padded) prompts, stopping at ``<|endofchunk|>``; special tokens removed.
 
         Greedy/beam search by default; sampling when ``do_sample`` or (``do_sample`` None and) ``temperature > 0``,
         only then are ``temperature`` and ``top_p`` used. ``synced_gpus`` (set by the runner under FSDP): keep stepping
         until every rank has finished, since each step all-gathers sharded weights. ``streamer`` (vlmkit chat): a
         transformers streamer that receives the tokens as they are generated (one sample, one beam). These parameters
-        are what ``run.generate`` may set (the config loader checks its keys against this signature).
+        are what ``run.generate`` may set (the config loader checks its keys against this signature);
+        ``share_prefill``: see :meth:`generate_ids` (false only to compare against the unshared beam search).
         """
         new_tokens = self.generate_ids(batch, max_new_tokens=max_new_tokens, num_beams=num_beams,
                                        length_penalty=length_penalty, temperature=temperature, top_p=top_p,
-                                       do_sample=do_sample, synced_gpus=synced_gpus, streamer=streamer)
+                                       do_sample=do_sample, synced_gpus=synced_gpus, streamer=streamer,
+                                       share_prefill=share_prefill)
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     @torch.no_grad()
     def generate_ids(self, batch: dict[str, Any], max_new_tokens: int = 20, num_beams: int = 3,
                      length_penalty: float = 0.0, temperature: float = 0.0, top_p: float = 1.0,
-                     do_sample: bool | None = None, synced_gpus: bool = False, streamer: Any = None) -> torch.Tensor:
-        """The generated token ids (B, ≤ max_new_tokens), prompt excluded, padded with the pad id after the end."""
+                     do_sample: bool | None = None, synced_gpus: bool = False, streamer: Any = None,
+                     share_prefill: bool = True) -> torch.Tensor:
+        """The generated token ids (B, ≤ max_new_tokens), prompt excluded, padded with the pad id after the end.
+
+        ``batch["media"]`` (visual tokens, e.g. from :class:`vlmkit.engine.vision_cache.VisionCache`) replaces
+        encoding ``batch["images"]``. With beams, the prompt is run once per query (``share_prefill``; not once per
+        beam) and its KV cache copied to the beams; every cross-attention layer computes the media's keys and values
+        once per call, and the beams of a query attend to them without copies."""
         from transformers import GenerationConfig
 
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
@@ -225,15 +241,41 @@ class OpenFlamingo(VLModel):
         config = GenerationConfig(max_new_tokens=int(max_new_tokens), num_beams=int(num_beams), do_sample=bool(sample),
                                   eos_token_id=self.eoc_token_id, pad_token_id=self.pad_token_id, use_cache=True,
                                   **options)
-        media = self.encode_images(batch["images"], batch.get("image_mask")).repeat_interleave(int(num_beams), dim=0)
-        supply = _MediaForGeneration(media, input_ids.repeat_interleave(int(num_beams), dim=0), self.media_token_id)
+        supply = _MediaForGeneration(self.batch_media(batch), input_ids, self.media_token_id)
         handle = self.lang_encoder.register_forward_pre_hook(supply, with_kwargs=True)
         try:
+            extra = {}
+            if share_prefill and num_beams > 1 and input_ids.shape[1] > 1:
+                extra = self._prefill_once(input_ids, attention_mask, int(num_beams))
             out = self.lang_encoder.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                             generation_config=config, synced_gpus=synced_gpus, streamer=streamer)
+                                             generation_config=config, synced_gpus=synced_gpus, streamer=streamer,
+                                             **extra)
         finally:
             handle.remove()
         return out[:, input_ids.shape[1]:]
+
+    def batch_media(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The batch's visual tokens (B, T_img, n, d): ``batch["media"]`` when given, else its images encoded."""
+        media = batch.get("media")
+        if media is not None:
+            return media
+        if batch.get("images_deferred"):
+            raise ValueError("this batch's images were not loaded (the dataset left them to a vision cache); pass "
+                             "batch['media'] from vlmkit.engine.vision_cache.VisionCache.fill")
+        return self.encode_images(batch["images"], batch.get("image_mask"))
+
+    def _prefill_once(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beams: int) -> dict[str, Any]:
+        """Run every prompt but its last token through the LM once (under the media hook), copy the KV cache to each
+        beam and return it as ``generate``'s cache argument: generate then feeds only the last prompt token per beam.
+        Positions as ``generate`` computes them (count of real tokens − 1; 1 on padding, which nothing attends to)."""
+        mask = attention_mask[:, :-1]
+        position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        name = hf_compat.cache_keyword(self.lang_encoder)
+        cache = hf_compat.new_cache(self.lang_encoder)
+        self.lang_encoder(input_ids=input_ids[:, :-1], attention_mask=mask, position_ids=position_ids,
+                          use_cache=True, **{name: cache})
+        hf_compat.repeat_cache_rows(cache, beams)
+        return {name: cache}
 
     # -------------------------------------------------------------------------------------------------- checkpoints
     def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True) -> LoadReport:
@@ -253,31 +295,37 @@ class _MediaForGeneration:
     release happens to use: a call that brings a KV cache continues after the cache's length (read from the cache
     object, found by its type); a call without one starts at 0 (a full recompute). Prompt tokens get
     text_time = cumsum(<image>) of the prompt; generated tokens continue the text of the prompt's last image (as
-    open-flamingo 2.0.1; v1 dropped the image there). A call that does not fit — a cache whose length disagrees with the
-    tokens this hook has fed, prompt positions whose ids are not the prompt's, another batch size — raises instead of
-    silently attending to the wrong image.
+    open-flamingo 2.0.1; v1 dropped the image there). A call may carry one row per prompt (the shared prefill) or
+    ``g`` rows per prompt (the beams, grouped by prompt as ``generate`` expands them): the media stay one row per
+    prompt. A call that does not fit — a cache whose length disagrees with the tokens this hook has fed, prompt
+    positions whose ids are not the prompt's, a row count that is no multiple of the prompts — raises instead of
+    silently attending to the wrong image. Every call shares one dict of the cross-attention layers' media keys and
+    values, so they are computed once per ``generate_ids`` call.
     """
 
     def __init__(self, media: torch.Tensor, prompt_ids: torch.Tensor, media_token_id: int) -> None:
         if media.shape[0] != prompt_ids.shape[0]:
             raise ValueError(f"media for {media.shape[0]} rows, prompts for {prompt_ids.shape[0]}")
         self.media, self.prompt_ids = media, prompt_ids
-        self.prompt_time = media_text_time(prompt_ids, media_token_id)  # (rows, prompt_len)
+        self.prompt_time = media_text_time(prompt_ids, media_token_id)  # (prompts, prompt_len)
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.fed = 0  # sequence positions that have gone through the model (and into its cache) so far
 
     def text_time(self, start: int, input_ids: torch.Tensor) -> torch.Tensor:
         """text_time of the tokens at sequence positions ``start .. start + n`` (checked against the prompt)."""
         rows, n = input_ids.shape
-        if rows != self.media.shape[0]:
-            raise RuntimeError(f"generate called the model with {rows} rows, but the media are for "
-                               f"{self.media.shape[0]}")
-        prompt_len = self.prompt_ids.shape[1]
+        prompts, prompt_len = self.prompt_ids.shape
+        if rows % prompts:
+            raise RuntimeError(f"generate called the model with {rows} rows, but the media are for {prompts} prompts")
+        group = rows // prompts
         in_prompt = max(0, min(start + n, prompt_len) - start)  # how many of this call's tokens are prompt tokens
-        if in_prompt and not torch.equal(input_ids[:, :in_prompt], self.prompt_ids[:, start:start + in_prompt]):
+        own = input_ids[:, :in_prompt].unflatten(0, (prompts, group))
+        if in_prompt and not torch.equal(own, self.prompt_ids[:, None, start:start + in_prompt].expand_as(own)):
             raise RuntimeError(f"generation step at positions {start}..{start + n} does not match the prompt's tokens; "
                                "cannot tell which image these tokens belong to")
-        generated = self.prompt_time[:, -1:].expand(rows, n - in_prompt)  # the prompt's last image
-        return torch.cat([self.prompt_time[:, start:start + in_prompt], generated], dim=1)
+        time = self.prompt_time.repeat_interleave(group, dim=0) if group > 1 else self.prompt_time
+        generated = time[:, -1:].expand(rows, n - in_prompt)  # the prompt's last image
+        return torch.cat([time[:, start:start + in_prompt], generated], dim=1)
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         input_ids = hf_compat.call_input_ids(args, kwargs)
@@ -288,6 +336,6 @@ class _MediaForGeneration:
                                "call; cannot place the new tokens (see docs/compatibility.md)")
         if cache is None and self.fed and input_ids.shape[1] <= self.prompt_ids.shape[1]:
             raise RuntimeError("a generation step without KV cache must carry the whole sequence (prompt + generated)")
-        kwargs["media"] = MediaContext(self.media, self.text_time(start, input_ids))
+        kwargs["media"] = MediaContext(self.media, self.text_time(start, input_ids), self.kv)
         self.fed = start + input_ids.shape[1]
         return args, kwargs

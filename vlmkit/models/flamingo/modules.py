@@ -24,7 +24,18 @@ class MediaContext:
     """What the gated cross-attention layers of one forward call attend to."""
 
     media: torch.Tensor  # (B, T_img, n_latents, d_visual): Perceiver output for each image slot
-    text_time: torch.Tensor  # (B, L) long: 1-based index of the image each token belongs to; 0 = before any image
+    text_time: torch.Tensor  # (B·g, L) long: 1-based index of the image each token belongs to; 0 = before any image
+    #: Generation: each cross-attention layer's keys/values of these media, computed by its first call and reused by
+    #: every later call of the same ``generate`` (None: computed every call, as training needs).
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def group(self) -> int:
+        """Text rows per media row: 1, or the beams of beam search (rows i·g … i·g+g-1 share media row i)."""
+        rows, media_rows = self.text_time.shape[0], self.media.shape[0]
+        if media_rows == 0 or rows % media_rows:
+            raise ValueError(f"{rows} text rows cannot share the media of {media_rows} rows")
+        return rows // media_rows
 
 
 def media_text_time(input_ids: torch.Tensor, media_token_id: int) -> torch.Tensor:
@@ -104,13 +115,34 @@ class MaskedCrossAttention(nn.Module):
         self.to_kv = nn.Linear(dim_visual, 2 * inner, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor) -> torch.Tensor:
-        """x (B, L, D), media (B, T_img, n, Dv), text_time (B, L) → (B, L, D)."""
+    def media_kv(self, media: torch.Tensor, context: MediaContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, heads, T_img·n, d) of the media; kept in ``context.kv`` when it has one."""
+        if context is not None and context.kv is not None and id(self) in context.kv:
+            return context.kv[id(self)]
+        k, v = self.to_kv(media.flatten(1, 2).to(self.to_kv.weight.dtype)).chunk(2, dim=-1)
+        kv = _split_heads(k, self.heads), _split_heads(v, self.heads)
+        if context is not None and context.kv is not None:
+            context.kv[id(self)] = kv
+        return kv
+
+    def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor,
+                context: MediaContext | None = None) -> torch.Tensor:
+        """x (B·g, L, D), media (B, T_img, n, Dv), text_time (B·g, L) → (B·g, L, D).
+
+        ``g`` text rows share one media row (the beams of a query): their queries are attended to the media together,
+        as one row of g·L queries, so the media's keys and values are never copied per beam."""
         n_images, n_latents = media.shape[1:3]
         if n_images == 0:  # a text-only batch: nothing to attend to
             return torch.zeros_like(x)
-        q = _split_heads(self.to_q(self.norm(x)), self.heads)
-        k, v = self.to_kv(media.flatten(1, 2)).chunk(2, dim=-1)
+        rows, length = x.shape[:2]
+        if rows % media.shape[0]:
+            raise ValueError(f"{rows} text rows cannot share the media of {media.shape[0]} rows")
+        group = rows // media.shape[0]
+        q = _split_heads(self.to_q(self.norm(x)), self.heads)  # (B·g, H, L, d)
+        k, v = self.media_kv(media, context)  # (B, H, T_img·n, d)
+        if group > 1:  # (B·g, H, L, d) → (B, H, g·L, d); text_time (B·g, L) → (B, g·L)
+            q = q.unflatten(0, (-1, group)).transpose(1, 2).flatten(2, 3)
+            text_time = text_time.unflatten(0, (-1, group)).flatten(1)
         media_time = torch.arange(1, n_images + 1, device=x.device).repeat_interleave(n_latents)  # (T_img*n,)
         if self.only_attend_immediate_media:
             allowed = text_time.unsqueeze(-1) == media_time  # (B, L, T_img*n)
@@ -121,9 +153,10 @@ class MaskedCrossAttention(nn.Module):
         # only in the "immediate" mode; in the other it lets them attend to every image, including later ones.)
         has_media = allowed.any(dim=-1)  # (B, L)
         mask = (allowed | ~has_media.unsqueeze(-1)).unsqueeze(1)  # (B, 1, L, T_img*n), broadcast over heads
-        k, v = _split_heads(k, self.heads), _split_heads(v, self.heads)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out * has_media[:, None, :, None].to(out.dtype)
+        if group > 1:  # back to (B·g, H, L, d)
+            out = out.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)
         return self.to_out(_merge_heads(out))
 
 
@@ -142,11 +175,12 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff = feed_forward(dim, ff_mult)
         self.ff_gate = nn.Parameter(torch.full((1,), float(gate_init)))
 
-    def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor,
+                context: MediaContext | None = None) -> torch.Tensor:
         # The block keeps its own (fp32) dtype when the frozen LM runs in half precision.
         dtype = self.attn_gate.dtype
         h = x.to(dtype)
-        h = self.attn(h, media.to(dtype), text_time) * self.attn_gate.tanh() + h
+        h = self.attn(h, media, text_time, context) * self.attn_gate.tanh() + h
         h = self.ff(h) * self.ff_gate.tanh() + h
         return h.to(x.dtype)
 
@@ -177,7 +211,7 @@ class FlamingoDecoderLayer(nn.Module):
             if media is None:
                 raise ValueError("an OpenFlamingo language model was called without media; call the OpenFlamingo "
                                  "model (forward/generate), not its lang_encoder directly")
-            hidden_states = self.gated_cross_attn_layer(hidden_states, media.media, media.text_time)
+            hidden_states = self.gated_cross_attn_layer(hidden_states, media.media, media.text_time, media)
         return self.decoder_layer(hidden_states, *args, **kwargs)
 
 
