@@ -88,3 +88,20 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
                       "--options", f"run.output_dir={out}"], env=env, timeout=900)
     assert train.returncode == 0, train.stderr[-3000:]
     return {"data": data, "out": out, "env": env, "stdout": train.stdout, "stderr": train.stderr}
+
+
+@pytest.fixture(scope="session")
+def fewshot_flamingo(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny OpenFlamingo (projects/quickstart/flamingo_vqav2_tiny.yaml) fine-tuned 3 epochs on generated VQAv2
+    (100 train images, 6 val images), so that few-shot scores are non-zero and depend on the demos. Shared by the
+    few-shot test modules; each writes its outputs under a root of its own."""
+    root = tmp_path_factory.mktemp("fewshot_flamingo")
+    data = root / "data"
+    res = run_tool([str(REPO / "tools/prepare_data.py"), "synthetic-vqav2", "--out", str(data),
+                    "--n-train-images", "100", "--n-val-images", "6"])
+    assert res.returncode == 0, res.stderr
+    env = {"VLMKIT_QUICKSTART_VQAV2": str(data)}
+    res = run_tool([str(REPO / "tools/train.py"), "--cfg-path", str(REPO / "projects/quickstart/flamingo_vqav2_tiny.yaml"),
+                    "--options", f"run.output_dir={root / 'train'}", "run.epochs=3"], env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return {"data": data, "env": env, "weights": str(root / "train" / "model.safetensors")}

@@ -33,18 +33,9 @@ def _question_ids(data: Path, split: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A tiny OpenFlamingo trained one epoch on generated VQAv2 (as tests/test_fewshot_sweep.py, shorter)."""
-    root = tmp_path_factory.mktemp("fewshot_protocol")
-    data = root / "data"
-    res = run_tool([str(REPO / "tools/prepare_data.py"), "synthetic-vqav2", "--out", str(data),
-                    "--n-train-images", "40", "--n-val-images", "4"])
-    assert res.returncode == 0, res.stderr
-    env = {"VLMKIT_QUICKSTART_VQAV2": str(data)}
-    res = run_tool([str(REPO / "tools/train.py"), "--cfg-path", PROJECT,
-                    "--options", f"run.output_dir={root / 'train'}", "run.epochs=1"], env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return {"root": root, "data": data, "env": env, "weights": str(root / "train" / "model.safetensors")}
+def model(tmp_path_factory, fewshot_flamingo):
+    """The shared tiny fine-tuned OpenFlamingo (conftest.fewshot_flamingo), outputs under this module's root."""
+    return {**fewshot_flamingo, "root": tmp_path_factory.mktemp("fewshot_protocol")}
 
 
 def _sweep(model, out: Path, torchrun: int = 0) -> None:

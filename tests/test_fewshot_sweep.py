@@ -14,18 +14,9 @@ PREDICTIONS = "vqav2_val.json"
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A tiny OpenFlamingo briefly fine-tuned on generated VQAv2, so that scores are non-zero and differ by demos."""
-    root = tmp_path_factory.mktemp("fewshot_sweep")
-    data = root / "data"
-    res = run_tool([str(REPO / "tools/prepare_data.py"), "synthetic-vqav2", "--out", str(data),
-                    "--n-train-images", "100", "--n-val-images", "6"])
-    assert res.returncode == 0, res.stderr
-    env = {"VLMKIT_QUICKSTART_VQAV2": str(data)}
-    res = run_tool([str(REPO / "tools/train.py"), "--cfg-path", PROJECT,
-                    "--options", f"run.output_dir={root / 'train'}", "run.epochs=3"], env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return {"root": root, "env": env, "weights": str(root / "train" / "model.safetensors")}
+def model(tmp_path_factory, fewshot_flamingo):
+    """The shared tiny fine-tuned OpenFlamingo (conftest.fewshot_flamingo), outputs under this module's root."""
+    return {**fewshot_flamingo, "root": tmp_path_factory.mktemp("fewshot_sweep")}
 
 
 def _evaluate(model, out, *extra, options=(), torchrun=0):

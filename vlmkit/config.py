@@ -110,7 +110,7 @@ RUN_RANGES: dict[str, tuple[float, bool]] = {
     "batch_size": (1, True), "eval_batch_size": (1, True), "num_workers": (0, True), "epochs": (1, True),
     "max_steps": (1, True), "accum_iter": (1, True), "effective_batch": (1, True), "lr": (0, False), "blr": (0, False),
     "min_lr": (0, True), "weight_decay": (0, True), "eps": (0, False), "grad_clip": (0, False), "save_every": (0, True),
-    "eval_every": (0, True), "log_every": (1, True),
+    "eval_every": (0, True), "log_every": (1, True), "vision_cache_gb": (0, True),
 }
 
 

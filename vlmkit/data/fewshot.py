@@ -332,18 +332,33 @@ class FewShotDataset(Dataset):
             refs += pool
         return refs
 
+    def _context(self, sample_id: str) -> tuple[list[int], str]:
+        demos = self.demo_indices(sample_id)
+        context = "".join(self.demo_dataset.demo_prompt(d) + self.separator for d in demos)
+        return demos, context.replace(self.image_token, "") if self.shots == 0 else context
+
+    def prompt_text(self, index: int) -> str:
+        """The whole prompt (demos + query) without loading an image (for grouping batches by length)."""
+        return self._context(self.sample_id(index))[1] + self.query_dataset.prompt_text(index)
+
+    def image_by_key(self, key: str) -> Any | None:
+        """The transformed image with this vision-cache key (a query's or a demo's), None if neither has it."""
+        image = self.query_dataset.image_by_key(key)
+        return image if image is not None else self.demo_dataset.image_by_key(key)
+
+    def defer_images(self, defer: bool) -> None:
+        """Leave images undecoded (a vision cache supplies their visual tokens), or load them again."""
+        self.query_dataset.defer_images = self.demo_dataset.defer_images = defer
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         query = self.query_dataset[index]
-        demos = self.demo_indices(query["id"])
-        context = "".join(self.demo_dataset.demo_prompt(d) + self.separator for d in demos)
-        if self.shots == 0:
-            context = context.replace(self.image_token, "")
-            images = []
-        else:
-            images = [self.demo_dataset.image(d) for d in demos]
+        demos, context = self._context(query["id"])
+        shown = demos if self.shots > 0 else []  # zero shots: the demos are text only
+        images = [self.demo_dataset.image_or_deferred(d) for d in shown]
+        keys = [self.demo_dataset.image_key(d) for d in shown]
         demo_ids = [self.demo_dataset.sample_id(d) for d in demos]
-        return {**query, "prompt": context + query["prompt"], "images": images + query["images"], "target": "",
-                "demo_ids": demo_ids}
+        return {**query, "prompt": context + query["prompt"], "images": images + query["images"],
+                "image_keys": keys + query["image_keys"], "target": "", "demo_ids": demo_ids}
 
 
 def wrap_fewshot(query_dataset: RecordDataset, demo_dataset: RecordDataset, cfg: Mapping[str, Any]) -> FewShotDataset:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +30,14 @@ class ImageSource(Protocol):
 
     def ref(self, key: str, used_by: str) -> ImageRef:
         """The image as an input to check before a run (vlmkit/data/validate.py)."""
+
+
+@dataclass(frozen=True)
+class DeferredImage:
+    """An image a dataset left undecoded (``defer_images``): the vision cache supplies its visual tokens, or decodes
+    it by ``key`` on a miss (vlmkit/engine/vision_cache.py)."""
+
+    key: str
 
 
 class FileImageSource:
@@ -52,6 +61,10 @@ class FileImageSource:
 
     def ref(self, key: str, used_by: str) -> ImageRef:
         return ImageRef(f"{self.root / key} ({used_by})", self.root / key, how=self.how_to_obtain)
+
+    def cache_key(self, key: str) -> str:
+        """A name of the image unique across sources (the vision cache's key)."""
+        return str(self.root / key)
 
 
 class PromptTemplate:
@@ -113,6 +126,8 @@ class RecordDataset(Dataset):
         self.train = train
         self.name = name
         self.split = split
+        self.defer_images = False  # set by the runner when a vision cache supplies the visual tokens
+        self._by_image_key: dict[str, int] | None = None
         self._position = {r["id"]: i for i, r in enumerate(self.records)}
         if len(self._position) != len(self.records):
             raise DataError(f"{name} split '{split}' has duplicate sample ids; the annotation files are inconsistent")
@@ -155,6 +170,29 @@ class RecordDataset(Dataset):
         img = self.images.load(self.records[index]["image"])
         return self.transform(img) if self.transform is not None else img
 
+    def image_key(self, index: int) -> str:
+        """The vision cache's key of sample ``index``'s image (unique across datasets and roots)."""
+        key = self.records[index]["image"]
+        named = getattr(self.images, "cache_key", None)
+        return named(key) if named is not None else f"{self.name}:{key}"
+
+    def image_or_deferred(self, index: int) -> Any:
+        """The transformed image, or a :class:`DeferredImage` when ``defer_images`` is set."""
+        return DeferredImage(self.image_key(index)) if self.defer_images else self.image(index)
+
+    def image_by_key(self, key: str) -> Any | None:
+        """The transformed image whose :meth:`image_key` is ``key`` (None: no sample of this dataset has it)."""
+        if self._by_image_key is None:
+            self._by_image_key = {}
+            for i in range(len(self.records)):
+                self._by_image_key.setdefault(self.image_key(i), i)
+        index = self._by_image_key.get(key)
+        return None if index is None else self.image(index)
+
+    def prompt_text(self, index: int) -> str:
+        """The prompt of sample ``index`` without loading its image (for grouping evaluation batches by length)."""
+        return self.query_prompt(index)
+
     def query_prompt(self, index: int) -> str:
         return self.template.query(self.prompt_values(self.records[index]))
 
@@ -166,8 +204,8 @@ class RecordDataset(Dataset):
         record = self.records[index]
         values = self.prompt_values(record)
         target = self.template.target(self.train_answer(record), values) if self.train else ""
-        return {"id": record["id"], "images": [self.image(index)], "prompt": self.template.query(values),
-                "target": target, **self.extras(record)}
+        return {"id": record["id"], "images": [self.image_or_deferred(index)], "image_keys": [self.image_key(index)],
+                "prompt": self.template.query(values), "target": target, **self.extras(record)}
 
 
 def check_split(name: str, split: str, known: Mapping[str, Any]) -> None:

@@ -133,6 +133,11 @@ class ScienceQADataset(Dataset):
     def sample_id(self, index: int) -> str:
         return self.qids[index]
 
+    def prompt_text(self, index: int) -> str:
+        """The prompt without loading the image (for grouping evaluation batches by length)."""
+        qid = self.qids[index]
+        return build_scienceqa_prompt(self.problems[qid], self.format, self.captions.get(qid, ""))[0]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         qid = self.qids[index]
         problem = self.problems[qid]

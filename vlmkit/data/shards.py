@@ -15,14 +15,16 @@ import json
 import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from vlmkit.data.validate import ImageRef
 from vlmkit.errors import DataError, missing_file
 from vlmkit.extras import require
 from vlmkit.io import decode_image
+
+if TYPE_CHECKING:  # vlmkit.data.validate imports torch; `vlmkit prepare-data --help` needs neither
+    from vlmkit.data.validate import ImageRef
 
 SHARD_PATTERN = "{split}-%06d.tar"  # ShardWriter fills %06d with the shard number
 HOW_TO_MAKE_SHARDS = "write them with `vlmkit prepare-data shards --dataset NAME --splits SPLIT --out DIR`"
@@ -145,7 +147,13 @@ class ShardImageSource:
     def load(self, key: str) -> Image.Image:
         return decode_image(self.read_bytes(key), f"{key} in shard {self.index.shard_of(key)}")
 
+    def cache_key(self, key: str) -> str:
+        """A name of the image unique across sources (the vision cache's key)."""
+        return f"{self.index.shard_of(key)}::{key}"
+
     def ref(self, key: str, used_by: str) -> ImageRef:
+        from vlmkit.data.validate import ImageRef
+
         shard = self.index.shard_of(key)
         return ImageRef(f"{key} in shard {shard} ({used_by})", Path(shard), member=key, how=HOW_TO_MAKE_SHARDS,
                         read=lambda: self.index.read_bytes(key))

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vlmkit import dist
+from vlmkit.engine.batching import LengthGroupedBatches, prompt_lengths
 from vlmkit.engine.checkpoint import is_vlmkit_state, load_weights, save_weights
 from vlmkit.engine.fsdp import STRATEGIES, check_fsdp_supported, full_tensors, shard_model
 from vlmkit.engine.trainer import ResumableSampler, move_to_device
@@ -44,14 +45,21 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def build_loader(dataset: Dataset, model: Any, run: Mapping[str, Any], train: bool) -> DataLoader:
-    """A loader over this rank's shard: shuffled per epoch (``set_epoch``) when training, padded shards otherwise."""
-    sampler = ResumableSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=train,
-                               seed=int(run["seed"]), drop_last=False)
+    """A loader over this rank's shard: shuffled per epoch (``set_epoch``) when training; for evaluation, batches of
+    similar prompt length (``run.group_by_length``, vlmkit/engine/batching.py) or padded shards in dataset order."""
     generator = torch.Generator()
     generator.manual_seed(stable_seed("loader", int(run["seed"]), dist.rank()))
+    common = {"collate_fn": model.collator(train), "num_workers": int(run["num_workers"]), "generator": generator,
+              "worker_init_fn": _seed_worker, "pin_memory": torch.cuda.is_available()}
+    if not train and run.get("group_by_length", True):
+        lengths = prompt_lengths(dataset, getattr(model, "tokenizer", None))
+        if lengths is not None:
+            batches = LengthGroupedBatches(lengths, int(run["eval_batch_size"]), dist.rank(), dist.world_size())
+            return DataLoader(dataset, batch_sampler=batches, **common)
+    sampler = ResumableSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=train,
+                               seed=int(run["seed"]), drop_last=False)
     return DataLoader(dataset, batch_size=int(run["batch_size"] if train else run["eval_batch_size"]), sampler=sampler,
-                      collate_fn=model.collator(train), num_workers=int(run["num_workers"]), generator=generator,
-                      worker_init_fn=_seed_worker, pin_memory=torch.cuda.is_available())
+                      **common)
 
 
 def build_task(cfg: DictConfig) -> Task:

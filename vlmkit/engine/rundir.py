@@ -37,7 +37,7 @@ RESUME_SAFE = (
     "run.output_dir", "run.device", "run.num_workers", "run.validate_images", "run.eval_batch_size", "run.val_splits",
     "run.test_splits", "run.eval_every", "run.save_every", "run.log_every", "run.tensorboard", "run.generate.",
     "run.hooks", "run.imports", "run.strategy", "run.fsdp_reshard_after_forward", "run.max_steps",
-    "run.find_unused_parameters",
+    "run.find_unused_parameters", "run.vision_cache_gb", "run.vision_cache_spill", "run.group_by_length",
 )
 #: Safe to change, but worth a line in the log.
 RESUME_NOTED = ("run.max_steps",)
@@ -164,3 +164,20 @@ def evaluation_dir(target: Path) -> Path:
         n += 1
         out = target / "evaluations" / f"{stamp}-{n}"
     return out
+
+
+def claim_output_dir(out: Path, overwrite: bool) -> Path | None:
+    """Before a training run writes into ``out`` (every rank calls it): refuse a directory that holds a run unless
+    ``overwrite``; with it, move the old run aside into ``.previous/`` and return where it went."""
+    from vlmkit import dist
+
+    held = dist.broadcast_object(existing_run(out) if dist.is_main() else None)  # before rank 0 writes there
+    if held is None:
+        return None
+    if not overwrite:
+        raise ConfigError(f"run.output_dir {out} already holds {held}; --resume continues it, --overwrite "
+                          f"replaces it (the old files are kept in {out / PREVIOUS_DIR} until the new run "
+                          "finishes), or choose another run.output_dir")
+    moved = move_previous_run(out) if dist.is_main() else out / PREVIOUS_DIR
+    dist.barrier()
+    return moved

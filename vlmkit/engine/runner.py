@@ -33,11 +33,11 @@ from vlmkit.engine.evaluation import (EvalOptions, check_options, main_score, me
 from vlmkit.engine.checkpoint import load_state_or_previous, load_weights, previous_path, save_state
 from vlmkit.engine.fsdp import full_tensors, is_sharded, load_trainable
 from vlmkit.engine.hooks import CheckpointHook, EvalHook, LoggingHook, LRHook, MetricsFiles
-from vlmkit.engine.rundir import (PREVIOUS_DIR, RunDirLock, drop_previous_run, existing_run,
-                                  move_previous_run, refuse_if_locked, resume_changes)
+from vlmkit.engine.rundir import RunDirLock, claim_output_dir, drop_previous_run, refuse_if_locked, resume_changes
 from vlmkit.engine.optim import build_optimizer, effective_batch_size, resolve_lr
 from vlmkit.engine.schedulers import StepScheduler, build_scheduler
 from vlmkit.engine.trainer import AMP_DTYPES, HookBase, Trainer
+from vlmkit.engine.vision_cache import build_vision_cache, serving
 from vlmkit.errors import CheckpointError, ConfigError, DataError, missing_file
 from vlmkit.failures import Interrupted, sigterm_as_interrupt
 from vlmkit.registry import HOOKS
@@ -73,6 +73,13 @@ class Runner:
         self.force_config = False  # --resume --force-config
         self.overwrite = False  # --overwrite
         self.resume_notes: list[str] = []  # config changes a resume accepted
+        self._vision_cache: Any = False  # built by the first evaluation (False: not yet; vlmkit/engine/vision_cache.py)
+
+    def close(self) -> None:
+        """Release what outlives one evaluation (the vision cache and its spill file)."""
+        if self._vision_cache:
+            self._vision_cache.close()
+        self._vision_cache = False
 
     # ------------------------------------------------------------------------------------------------- building
     @classmethod
@@ -179,10 +186,13 @@ class Runner:
             gen_kwargs["synced_gpus"] = True
         run_set, log, index_of, done, subset = evaluation.prepare(ds, f"{name}_{split}", out, self.cfg, options)
         loader = build_loader(run_set, self.model, run, train=False)
-        with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+        if self._vision_cache is False:  # kept across evaluations (a sweep's points): each image is encoded once
+            self._vision_cache = build_vision_cache(run, self.model, self.output_dir)
+        with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None), \
+                serving(self._vision_cache, self.model, ds, key) as prepare:
             result = run_evaluation(self.model, on_device(loader, self.device), self.task.build_evaluator(name, split, ds),
                                     gen_kwargs, out / "predictions" / f"{name}_{split}.json", desc=f"eval {key}",
-                                    samples=log, index_of=index_of, done=done)
+                                    samples=log, index_of=index_of, done=done, prepare=prepare)
         return evaluation.mark_subset(result, subset)
 
     def _evaluate_val(self, epoch: int, step: int) -> float | None:
@@ -272,23 +282,15 @@ class Runner:
                 results = self._finish()
             except KeyboardInterrupt:
                 raise self._interrupted() from None
+            finally:
+                self.close()
         if moved is not None and dist.is_main():
             drop_previous_run(out)
         return results
 
     def _claim_output_dir(self) -> Path | None:
         """Refuse a directory that holds a run unless ``--overwrite``; with it, move the old run aside (returned)."""
-        out = self.output_dir
-        held = dist.broadcast_object(existing_run(out) if dist.is_main() else None)  # before rank 0 writes there
-        if held is None:
-            return None
-        if not self.overwrite:
-            raise ConfigError(f"run.output_dir {out} already holds {held}; --resume continues it, --overwrite "
-                              f"replaces it (the old files are kept in {out / PREVIOUS_DIR} until the new run "
-                              "finishes), or choose another run.output_dir")
-        moved = move_previous_run(out) if dist.is_main() else out / PREVIOUS_DIR
-        dist.barrier()
-        return moved
+        return claim_output_dir(self.output_dir, self.overwrite)
 
     def _start_logs(self, resume: bool, lr: float, total_steps: int, moved: Path | None) -> None:
         run, out, trainer = self.cfg.run, self.output_dir, self.trainer
@@ -385,6 +387,8 @@ def evaluate(cfg: DictConfig, checkpoint: str | None = None, splits: list[str] |
                 except KeyboardInterrupt:
                     raise Interrupted(f"evaluation interrupted; the items done so far are recorded in "
                                       f"{runner.output_dir / 'samples'}", resumable=True) from None
+                finally:
+                    runner.close()
                 print_tables(runner.task, results)
                 warn_if_untrained(cfg, checkpoint)
                 logger.info("outputs in %s: metrics.json, metrics.jsonl, predictions/, samples/, log.txt",

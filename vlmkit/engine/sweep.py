@@ -117,7 +117,10 @@ def run_sweep(cfg: DictConfig, shots: Sequence[int], trials: int = 1, checkpoint
                 if dist.is_main():
                     save_config(runner.cfg, runner.output_dir / "config.yaml")
                     write_json_atomic(runner.output_dir / PROTOCOL_FILE, protocol)
-                summary = _sweep(runner, points, shots, trials, EvalOptions(resume=resume, checkpoint=checkpoint))
+                try:
+                    summary = _sweep(runner, points, shots, trials, EvalOptions(resume=resume, checkpoint=checkpoint))
+                finally:
+                    runner.close()
                 logger.info("outputs in %s: %s, %s, %s, %s, config.yaml, shots<N>/trial<t>/, log.txt",
                             runner.output_dir, SUMMARY_FILE, ROWS_FILE, TABLE_FILE, PROTOCOL_FILE)
                 return summary

@@ -8,7 +8,7 @@ samples), and ``evaluate`` scores them once, on rank 0.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +114,14 @@ def run_evaluation(
     samples: SampleLog | None = None,
     index_of: Mapping[str, int] | None = None,
     done: Mapping[str, Mapping[str, Any]] | None = None,
+    prepare: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Generate over this rank's shard, gather and deduplicate predictions, score on rank 0; metrics on every rank.
 
     ``samples`` (rank 0's record file, None elsewhere) gets every batch's per-sample rows; ``index_of`` maps sample
     ids to dataset positions; ``done``: rows recorded by an earlier, interrupted run of this evaluation (rank 0),
-    whose generations are taken instead of generated again.
+    whose generations are taken instead of generated again; ``prepare``: called with each batch before generation
+    (the vision cache puts the batch's visual tokens into it).
     """
     from tqdm import tqdm
 
@@ -128,6 +130,8 @@ def run_evaluation(
         evaluator.process(list(done), [row["generation"] for row in done.values()])
     for batch in tqdm(loader, desc=desc, disable=not dist.is_main(), dynamic_ncols=True):
         ids = [str(i) for i in batch["ids"]]
+        if prepare is not None:
+            prepare(batch)
         outputs = model.generate(batch, **gen_kwargs)
         evaluator.process(ids, outputs)
         if index_of is not None:

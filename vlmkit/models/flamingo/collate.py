@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from vlmkit.data.records import DeferredImage
 from vlmkit.errors import DataError
 from vlmkit.models.flamingo.build import END_OF_CHUNK_TOKEN, MEDIA_TOKEN
 
@@ -39,6 +40,10 @@ class FlamingoCollator:
             label_rows.append([IGNORE_INDEX] * len(prompt_ids) + target_ids)
         batch = self._pad(rows, label_rows)
         batch["images"], batch["image_mask"] = self._stack_images(samples)
+        if any(isinstance(image, DeferredImage) for s in samples for image in s.get("images") or []):
+            batch["images_deferred"] = True  # their slots hold zeros: the vision cache supplies the visual tokens
+        if all("image_keys" in s for s in samples):
+            batch["image_keys"] = [list(s["image_keys"]) for s in samples]
         batch["ids"] = [str(s["id"]) for s in samples]
         if not self.train:  # what the per-sample records show (vlmkit/tasks/samples.py)
             batch["prompts"] = [s["prompt"] for s in samples]
@@ -90,9 +95,11 @@ class FlamingoCollator:
         mask = torch.zeros(len(samples), n_max, dtype=torch.bool)
         for i, sample in enumerate(samples):
             for j, image in enumerate(sample.get("images") or []):
+                mask[i, j] = True
+                if isinstance(image, DeferredImage):
+                    continue
                 if tuple(image.shape) != (3, size, size):
                     raise DataError(f"image {j} of sample {sample['id']} has shape {tuple(image.shape)}, expected "
                                     f"(3, {size}, {size}); apply model.image_transform to every image")
                 images[i, j, 0] = image
-                mask[i, j] = True
         return images, mask
