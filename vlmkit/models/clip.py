@@ -13,8 +13,9 @@ Weights come from a local file only, never a hub name: open_clip's ``open_clip_m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -118,18 +119,36 @@ def vision_stem(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return visual.ln_pre(visual.patch_dropout(x))
 
 
-def clip_patch_tokens(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+#: nn.MultiheadAttention's native inference "fast path" for the ViT blocks. Off: benchmarks/vision_fastpath.py measured
+#: it 1.07x (scaled OpenFlamingo tower, 72 images) and 1.10x (ViT-B/16 shape) slower than the regular path on the CPU,
+#: and the regular path runs scaled_dot_product_attention, which has the fused kernels on GPUs.
+MHA_FASTPATH = False
+
+
+@contextlib.contextmanager
+def mha_fastpath(enabled: bool = MHA_FASTPATH) -> Iterator[None]:
+    """Run the enclosed attention with PyTorch's MHA fast path on or off (restored afterwards)."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
+def clip_patch_tokens(visual: nn.Module, images: torch.Tensor, fastpath: bool = MHA_FASTPATH) -> torch.Tensor:
     """Patch tokens after the last block, BEFORE ``ln_post``, CLS dropped (OpenFlamingo's vision features).
 
     open_clip 2.16 (what the released OpenFlamingo weights were trained with) returned these; 3.x applies ``ln_post``
-    first, so the blocks are run here explicitly.
+    first, so the blocks are run here explicitly. ``fastpath``: see :data:`MHA_FASTPATH`.
     """
     x = vision_stem(visual, images)
     batch_first = getattr(visual.transformer, "batch_first", False)  # open_clip < 2.24 runs blocks sequence-first
     if not batch_first:
         x = x.transpose(0, 1)
-    for block in visual.transformer.resblocks:
-        x = block(x)
+    with mha_fastpath(fastpath):
+        for block in visual.transformer.resblocks:
+            x = block(x)
     if not batch_first:
         x = x.transpose(0, 1)
     return x[:, 1:]
@@ -172,10 +191,11 @@ class CLIPVisionTaps(nn.Module):
 
     @staticmethod
     def _attention(attn: nn.MultiheadAttention, h: torch.Tensor) -> torch.Tensor:
-        if not attn.batch_first:  # open_clip < 2.20 keeps blocks sequence-first
-            h = h.transpose(0, 1)
-            return attn(h, h, h, need_weights=False)[0].transpose(0, 1)
-        return attn(h, h, h, need_weights=False)[0]
+        with mha_fastpath():
+            if not attn.batch_first:  # open_clip < 2.20 keeps blocks sequence-first
+                h = h.transpose(0, 1)
+                return attn(h, h, h, need_weights=False)[0].transpose(0, 1)
+            return attn(h, h, h, need_weights=False)[0]
 
 
 def convert_openai_jit(src: str | Path, dst: str | Path) -> None:
