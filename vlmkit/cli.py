@@ -158,13 +158,16 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
     return guarded(run, args)
 
 
+#: ``vlmkit/configs`` — the same folder as :data:`vlmkit.schema.CONFIG_ROOT`, named here so that ``vlmkit list`` does
+#: not import omegaconf (tests/test_startup.py checks that both agree).
+CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
 #: Kind name (as typed after ``vlmkit list``) → (registry attribute, defaults folder under vlmkit/configs or None).
 LIST_KINDS = {"models": ("MODELS", "models"), "tasks": ("TASKS", None), "datasets": ("DATASETS", "datasets"),
               "schedulers": ("SCHEDULERS", None), "hooks": ("HOOKS", None), "processors": ("PROCESSORS", None)}
 
 
-def _summary(obj: object) -> str:
-    doc = (getattr(obj, "__doc__", None) or "").strip()
+def _summary(doc: str | None) -> str:
+    doc = (doc or "").strip()
     return doc.splitlines()[0] if doc else "(no description)"
 
 
@@ -179,7 +182,6 @@ def list_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int
 
     def run(a: argparse.Namespace) -> int:
         from vlmkit import registry
-        from vlmkit.config import CONFIG_ROOT
         from vlmkit.errors import ConfigError
 
         unknown = [k for k in a.kinds if k not in LIST_KINDS]
@@ -193,7 +195,7 @@ def list_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int
             for name in reg.names():
                 defaults = CONFIG_ROOT / folder / f"{name}.yaml" if folder else None
                 where = f"  [defaults: {defaults}]" if defaults is not None and defaults.is_file() else ""
-                print(f"  {name:<16} {_summary(reg.get(name))}{where}")
+                print(f"  {name:<16} {_summary(reg.doc(name))}{where}")  # built-ins stay unimported
         return 0
 
     return guarded(run, args)

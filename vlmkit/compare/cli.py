@@ -17,7 +17,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _published(parser: argparse.ArgumentParser) -> None:
-    from vlmkit.compare.report import PUBLISHED_MODES
+    from vlmkit.compare.published import PUBLISHED_MODES  # not report.py: that imports matplotlib and torch
 
     parser.add_argument("--published", choices=PUBLISHED_MODES, default="auto",
                         help="published OpenFlamingo-9B / Flamingo-9B few-shot curves on sweep figures: auto (when a "

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 PUBLISHED_SHOTS = (0, 4, 8, 16, 32)
+#: ``--published`` of ``vlmkit compare`` / ``vlmkit study``: when the published curves are drawn on sweep figures.
+PUBLISHED_MODES = ("auto", "always", "never")
 #: main metric → (OpenFlamingo version or None for DeepMind's, curve label, values at PUBLISHED_SHOTS)
 PUBLISHED: dict[str, tuple[tuple[str | None, str, tuple[float, ...]], ...]] = {
     "overall": (

@@ -21,7 +21,6 @@ from vlmkit.io import write_text_atomic
 
 RESULTS_FILE = "results.md"
 REPORT_FILE = "report.html"
-PUBLISHED_MODES = ("auto", "always", "never")
 
 
 @dataclass
