@@ -182,10 +182,11 @@ class RecordDataset(Dataset):
 
     def image_by_key(self, key: str) -> Any | None:
         """The transformed image whose :meth:`image_key` is ``key`` (None: no sample of this dataset has it)."""
-        if self._by_image_key is None:
-            self._by_image_key = {}
+        if self._by_image_key is None:  # built whole before it is published: the vision cache loads in threads
+            by_key: dict[str, int] = {}
             for i in range(len(self.records)):
-                self._by_image_key.setdefault(self.image_key(i), i)
+                by_key.setdefault(self.image_key(i), i)
+            self._by_image_key = by_key
         index = self._by_image_key.get(key)
         return None if index is None else self.image(index)
 
