@@ -116,7 +116,7 @@ def test_protocol_and_config(model, sweep):
     assert vqa["postprocess"] == {"stop_words": ["Question", "Answer", "Short"], "split_at": ", ", "strip_quotes": False}
     # run.generate (tiny yaml + --options) over the model's generate() defaults
     assert protocol["generation"] == {"max_new_tokens": 3, "num_beams": 1, "length_penalty": 0.0, "temperature": 0.0,
-                                      "top_p": 1.0, "do_sample": None}
+                                      "top_p": 1.0, "do_sample": None, "share_prefill": True}
     m = protocol["model"]
     assert m["arch"] == "openflamingo" and m["published_setup"] is None
     assert m["config_sha256"] == hashlib.sha256(json.dumps(config["model"], sort_keys=True).encode()).hexdigest()

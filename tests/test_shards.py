@@ -33,6 +33,9 @@ def assert_same_samples(a, b) -> None:
         for key in x:
             if key == "images":
                 assert len(x[key]) == len(y[key]) and all(torch.equal(p, q) for p, q in zip(x[key], y[key]))
+            elif key == "image_keys":  # the vision cache's key names where the image is stored: file vs shard member
+                member = [k.split("::", 1)[1] for k in y[key]]
+                assert len(member) == len(x[key]) and all(f.endswith("/" + m) for f, m in zip(x[key], member))
             else:
                 assert x[key] == y[key], key
 
