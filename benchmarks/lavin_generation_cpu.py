@@ -9,13 +9,12 @@ Usage: python benchmarks/lavin_generation_cpu.py [--tokens 32] [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from _timing import timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -31,16 +30,6 @@ def build(tmp: Path):
     params = {"dim": 256, "n_layers": 4, "n_heads": 4, "multiple_of": 32, "norm_eps": 1e-6, "vocab_size": -1}
     write_meta_checkpoint(tmp, "tiny", params, tok, seed=0)
     return LaVIN.from_config(tiny_lavin_config(tmp))
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -12,12 +12,11 @@ benchmarks/fewshot_throughput.py (width 128 × 12 layers, 224-pixel images, patc
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+from _timing import timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -25,16 +24,6 @@ TOWERS = {"scaled OpenFlamingo (w128 x 12, 224/14)": {"image_size": 224, "layers
                                                       "patch_size": 14, "mlp_ratio": 4.0, "embed_dim": 128},
           "ViT-B/16 shape (w768 x 12, 224/16)": {"image_size": 224, "layers": 12, "width": 768, "head_width": 64,
                                                  "patch_size": 16, "mlp_ratio": 4.0, "embed_dim": 512}}
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def main() -> None:
