@@ -15,7 +15,7 @@ import yaml
 import toy_components  # noqa: F401  (registers toy_mlp / toy_points / toy_cls)
 from conftest import REPO, run_tool
 from vlmkit.config import load_config
-from vlmkit.engine import runner
+from vlmkit.engine import entrypoints
 from vlmkit.errors import ConfigError
 from vlmkit.registry import DATASETS, HOOKS, MODELS, SCHEDULERS
 
@@ -146,7 +146,7 @@ def test_users_schedule_and_hook_run(plugin_dir: Path, tmp_path: Path) -> None:
     cfg = load_config(project(tmp_path, run={"scheduler": {"name": "halving", "every": 2, "factor": 0.25},
                                              "hooks": [{"type": "call_counter"}]}))
     assert cfg.run.scheduler.factor == 0.25 and cfg.run.scheduler.every == 2
-    runner.train(cfg)
+    entrypoints.train(cfg)
     out = Path(cfg.run.output_dir)
     steps = 2 * 64 // 8
     calls = json.loads((out / "calls.json").read_text())
@@ -160,7 +160,7 @@ def test_wandb_hook_writes_an_offline_run(plugin_dir: Path, tmp_path: Path, monk
     pytest.importorskip("wandb", reason="the wandb extra is not installed (pip install \"vlmkit[wandb]\")")
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = load_config(project(tmp_path, run={"hooks": [{"type": "wandb", "project": "vlmkit-test", "log_every": 2}]}))
-    runner.train(cfg)
+    entrypoints.train(cfg)
     runs = list((Path(cfg.run.output_dir) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
     keys = (b"train/loss", b"train/lr", b"val/accuracy", b"test/accuracy", b"more_points", b"wide_mlp")

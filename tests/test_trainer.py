@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import toy_components  # noqa: F401  (registers toy_mlp / toy_points / toy_cls)
 from vlmkit.config import load_config
-from vlmkit.engine import runner
+from vlmkit.engine import entrypoints
 from vlmkit.engine.optim import build_optimizer, param_groups, resolve_lr
 from vlmkit.errors import CheckpointError, ConfigError, DataError, VlmkitError
 
@@ -33,8 +33,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def test_training_learns_and_writes_every_output(tmp_path):
     cfg = toy_config(tmp_path, sizes={"train": 256, "val": 64, "test": 64}, epochs=6, save_every=5)
-    before = runner.evaluate(cfg, checkpoint=None, splits=["test"])["test"]["accuracy"]
-    results = runner.train(cfg)
+    before = entrypoints.evaluate(cfg, checkpoint=None, splits=["test"])["test"]["accuracy"]
+    results = entrypoints.train(cfg)
     out = Path(cfg.run.output_dir)
 
     records = read_jsonl(out / "metrics.jsonl")
@@ -60,8 +60,8 @@ def test_training_learns_and_writes_every_output(tmp_path):
     assert [r["epoch"] for r in val] == list(range(6))
     best = max(r["accuracy"] for r in val)
     best_path = str(out / "checkpoints/best.safetensors")
-    assert runner.evaluate(cfg, checkpoint=best_path, splits=["val"])["val"]["accuracy"] == best
-    assert runner.evaluate(cfg, checkpoint=best_path, splits=["test"])["test"] == results["test"]
+    assert entrypoints.evaluate(cfg, checkpoint=best_path, splits=["val"])["val"]["accuracy"] == best
+    assert entrypoints.evaluate(cfg, checkpoint=best_path, splits=["test"])["test"] == results["test"]
     # The last.pt checkpoint holds the final trainable weights.
     state = torch.load(out / "checkpoints/last.pt", weights_only=True)
     assert state["arch"] == "toy_mlp" and state["step"] == 6 * 256 // 8
@@ -74,7 +74,7 @@ def test_grad_accumulation_equals_larger_batch(tmp_path):
     b = toy_config(tmp_path, "big", batch_size=4, accum_iter=1, **common)
     for cfg in (a, b):
         cfg.model.dropout = 0.0  # dropout masks would differ between the two batch layouts
-        runner.train(cfg)
+        entrypoints.train(cfg)
     wa = load_file(Path(a.run.output_dir) / "model.safetensors")
     wb = load_file(Path(b.run.output_dir) / "model.safetensors")
     init = toy_components.ToyMLP(8, 32, 4, 0.0, 0.0)
@@ -104,7 +104,7 @@ def test_no_weight_decay_on_biases_and_1d_params(tmp_path):
 
 def test_max_steps_stops_early_mid_epoch(tmp_path):
     cfg = toy_config(tmp_path, epochs=3, max_steps=5, test_splits=[])
-    runner.train(cfg)
+    entrypoints.train(cfg)
     out = Path(cfg.run.output_dir)
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r["split"] == "train"] == [1, 2, 3, 4, 5]
     state = torch.load(out / "checkpoints/last.pt", weights_only=True)
@@ -121,7 +121,7 @@ def test_lr_from_blr_scales_with_effective_batch():
 def test_nan_batch_is_skipped_and_counted(tmp_path):
     cfg = toy_config(tmp_path, sizes={"train": 64, "val": 8, "test": 8}, epochs=1)
     cfg.datasets.toy_points.nan_ids = [5]
-    runner.train(cfg)
+    entrypoints.train(cfg)
     out = Path(cfg.run.output_dir)
     train = [r for r in read_jsonl(out / "metrics.jsonl") if r["split"] == "train"]
     assert [r["skipped_steps"] for r in train][-1] == 1
@@ -131,13 +131,13 @@ def test_nan_batch_is_skipped_and_counted(tmp_path):
     cfg.run.nan_policy = "stop"
     cfg.run.output_dir = str(tmp_path / "stop")
     with pytest.raises(VlmkitError, match="non-finite"):
-        runner.train(cfg)
+        entrypoints.train(cfg)
 
 
 def test_resume_without_checkpoint_names_the_path(tmp_path):
     cfg = toy_config(tmp_path)
     with pytest.raises(CheckpointError, match=str(tmp_path / "run" / "checkpoints" / "last.pt")):
-        runner.train(cfg, resume=True)
+        entrypoints.train(cfg, resume=True)
     assert not (tmp_path / "run").exists()
 
 
@@ -147,27 +147,27 @@ def test_fresh_run_refuses_an_output_dir_of_another_model(tmp_path):
     last.parent.mkdir(parents=True)
     torch.save({"vlmkit_checkpoint": 1, "arch": "lavin"}, last)
     with pytest.raises(ConfigError, match="lavin"):
-        runner.train(cfg)
+        entrypoints.train(cfg)
     with pytest.raises(CheckpointError, match="lavin"):
-        runner.train(cfg, resume=True)
+        entrypoints.train(cfg, resume=True)
 
 
 def test_empty_split_is_a_data_error_and_writes_nothing(tmp_path):
     cfg = toy_config(tmp_path, sizes={"train": 16, "val": 0, "test": 8})
     with pytest.raises(DataError, match="'val' is empty"):
-        runner.train(cfg)
+        entrypoints.train(cfg)
     assert not (tmp_path / "run").exists()
 
 
 def test_evaluate_errors(tmp_path):
     cfg = toy_config(tmp_path)
     with pytest.raises(DataError, match="checkpoint not found"):
-        runner.evaluate(cfg, checkpoint=str(tmp_path / "nope.safetensors"))
+        entrypoints.evaluate(cfg, checkpoint=str(tmp_path / "nope.safetensors"))
     with pytest.raises(DataError, match="no split 'dev'"):
-        runner.evaluate(cfg, splits=["dev"])
+        entrypoints.evaluate(cfg, splits=["dev"])
     other = tmp_path / "other.safetensors"
     from safetensors.torch import save_file
 
     save_file({"fc1.weight": torch.zeros(3, 3)}, str(other))
     with pytest.raises(CheckpointError, match="shape"):
-        runner.evaluate(cfg, checkpoint=str(other))
+        entrypoints.evaluate(cfg, checkpoint=str(other))

@@ -83,7 +83,7 @@ def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> in
 
     def run(a: argparse.Namespace) -> int:
         from vlmkit.config import load_config
-        from vlmkit.engine.runner import train
+        from vlmkit.engine.entrypoints import train
         from vlmkit.errors import ConfigError
         from vlmkit.failures import Interrupted
 
@@ -146,7 +146,7 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
             except Interrupted as e:
                 raise Interrupted(f"{e}; resume with: {resume_command(argv, prog)}", resumable=True) from None
             return 0
-        from vlmkit.engine.runner import evaluate
+        from vlmkit.engine.entrypoints import evaluate
 
         options = EvalOptions(resume=a.resume, limit=a.limit, ids=read_ids(a.ids) if a.ids else None)
         try:

@@ -2,7 +2,7 @@
 them into ``OUT/compare``.
 
 Every config is loaded (and so checked) before the first training starts, so a typo in the last YAML costs no
-training time. The trainings run one after another in this process through :func:`vlmkit.engine.runner.train` (the
+training time. The trainings run one after another in this process through :func:`vlmkit.engine.entrypoints.train` (the
 function behind ``vlmkit train``; no interpreter start-up per run). A run already finished — ``model.safetensors`` and
 a ``metrics.json`` holding every test split — is skipped; an interrupted one (``checkpoints/last.pt`` without those)
 is resumed. Delete ``OUT/<stem>`` to train a run again.
@@ -77,7 +77,8 @@ def run_study(directory: str | Path, out: str | Path, options: Sequence[str] = (
               published: str = "auto") -> int:
     """Train what is not finished, then compare every run; returns the exit status (0)."""
     from vlmkit.compare.report import compare
-    from vlmkit.engine.runner import LAST_CHECKPOINT, train
+    from vlmkit.engine.entrypoints import train
+    from vlmkit.engine.runner import LAST_CHECKPOINT
 
     out = Path(out)
     study = load_study(project_yamls(Path(directory)), out, options, imports)

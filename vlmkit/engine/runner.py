@@ -1,4 +1,5 @@
-"""What ``vlmkit train`` and ``vlmkit evaluate`` run: a :class:`Runner` built once from the config.
+"""What ``vlmkit train`` and ``vlmkit evaluate`` run: a :class:`Runner` built once from the config (the process around
+it — distributed group, logging, signals — is vlmkit/engine/entrypoints.py).
 
     runner = Runner.for_training(cfg, device)      # task, model, datasets, optimizer-free: nothing written yet
     runner.train(resume=False)                     # trainer + hooks; evaluates run.test_splits at the end
@@ -28,8 +29,7 @@ from vlmkit.engine.build import (apply_effective_batch, build_loader, build_mode
                                  check_strategy, load_checkpoint_into, on_device, run_logging,
                                  save_weights_from_all_ranks, seed_everything, wrap_model)
 from vlmkit.engine import evaluation
-from vlmkit.engine.evaluation import (EvalOptions, check_options, main_score, metric_key, print_tables,
-                                      warn_if_untrained, with_evaluation_dir)
+from vlmkit.engine.evaluation import EvalOptions, main_score, metric_key, print_tables
 from vlmkit.engine.checkpoint import load_state_or_previous, load_weights, previous_path, save_state
 from vlmkit.engine.fsdp import full_tensors, is_sharded, load_trainable
 from vlmkit.engine.hooks import CheckpointHook, EvalHook, LoggingHook, LRHook, MetricsFiles
@@ -39,7 +39,7 @@ from vlmkit.engine.schedulers import StepScheduler, build_scheduler
 from vlmkit.engine.trainer import AMP_DTYPES, HookBase, Trainer
 from vlmkit.engine.vision_cache import build_vision_cache, serving
 from vlmkit.errors import CheckpointError, ConfigError, DataError, missing_file
-from vlmkit.failures import Interrupted, sigterm_as_interrupt
+from vlmkit.failures import Interrupted
 from vlmkit.registry import HOOKS
 from vlmkit.tasks.base import run_evaluation
 
@@ -344,56 +344,3 @@ class Runner:
         return Interrupted(f"interrupted at step {step}, before the first checkpoint (written every run.save_every="
                            f"{self.cfg.run.save_every} steps, 0 = at epoch ends only): nothing to resume",
                            resumable=False)
-
-
-# --- entry points (vlmkit train / vlmkit evaluate)
-
-
-def train(cfg: DictConfig, resume: bool = False, overwrite: bool = False,
-          force_config: bool = False) -> dict[str, dict[str, Any]]:
-    """Train per ``cfg.run``, evaluate on the test splits, return the final metrics by split. ``overwrite``: replace a
-    run already in ``run.output_dir``; ``force_config``: resume although the config changed (vlmkit/engine/rundir.py)."""
-    device = dist.init(cfg.run.device)
-    try:
-        with run_logging(), sigterm_as_interrupt():
-            runner = Runner.for_training(cfg, device, resume)
-            runner.overwrite, runner.force_config = overwrite, force_config
-            results = runner.train(resume)
-            dist.barrier()  # every rank is done before the group is torn down (an early leaver aborts gloo at exit)
-            return results
-    finally:
-        dist.cleanup()
-
-
-def evaluate(cfg: DictConfig, checkpoint: str | None = None, splits: list[str] | None = None,
-             output_dir: str | None = None, options: EvalOptions | None = None) -> dict[str, Any]:
-    """Evaluate ``splits`` (default ``run.test_splits``) with optional trained weights; return metrics by split.
-
-    Writes into ``output_dir`` (default ``run.output_dir``), or a fresh ``evaluations/<time>/`` inside it when it
-    holds a training run; ``options``: ``--limit`` / ``--ids`` subsets, ``--resume`` (vlmkit/engine/evaluation.py)."""
-    options = options or EvalOptions()
-    check_options(options)
-    options.checkpoint = checkpoint
-    device = dist.init(cfg.run.device)
-    try:
-        with run_logging(), sigterm_as_interrupt():
-            cfg = with_evaluation_dir(cfg, output_dir, options)
-            runner = Runner.for_evaluation(cfg, device, splits, checkpoint)
-            with RunDirLock(runner.output_dir) if dist.is_main() else contextlib.nullcontext(), \
-                    run_logging(runner.output_dir / "log.txt"):
-                warn_if_untrained(cfg, checkpoint)
-                try:
-                    results = runner.evaluate(runner.splits, options=options)
-                except KeyboardInterrupt:
-                    raise Interrupted(f"evaluation interrupted; the items done so far are recorded in "
-                                      f"{runner.output_dir / 'samples'}", resumable=True) from None
-                finally:
-                    runner.close()
-                print_tables(runner.task, results)
-                warn_if_untrained(cfg, checkpoint)
-                logger.info("outputs in %s: metrics.json, metrics.jsonl, predictions/, samples/, log.txt",
-                            runner.output_dir)
-            dist.barrier()  # every rank is done before the group is torn down
-            return results
-    finally:
-        dist.cleanup()
