@@ -348,7 +348,8 @@ class FewShotDataset(Dataset):
 
     def defer_images(self, defer: bool) -> None:
         """Leave images undecoded (a vision cache supplies their visual tokens), or load them again."""
-        self.query_dataset.defer_images = self.demo_dataset.defer_images = defer
+        self.query_dataset.defer_images(defer)
+        self.demo_dataset.defer_images(defer)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         query = self.query_dataset[index]

@@ -126,7 +126,7 @@ class RecordDataset(Dataset):
         self.train = train
         self.name = name
         self.split = split
-        self.defer_images = False  # set by the runner when a vision cache supplies the visual tokens
+        self._deferred = False  # set by defer_images while a vision cache supplies the visual tokens
         self._by_image_key: dict[str, int] | None = None
         self._position = {r["id"]: i for i, r in enumerate(self.records)}
         if len(self._position) != len(self.records):
@@ -176,9 +176,13 @@ class RecordDataset(Dataset):
         named = getattr(self.images, "cache_key", None)
         return named(key) if named is not None else f"{self.name}:{key}"
 
+    def defer_images(self, defer: bool) -> None:
+        """Leave images undecoded (a vision cache supplies their visual tokens), or load them again."""
+        self._deferred = defer
+
     def image_or_deferred(self, index: int) -> Any:
-        """The transformed image, or a :class:`DeferredImage` when ``defer_images`` is set."""
-        return DeferredImage(self.image_key(index)) if self.defer_images else self.image(index)
+        """The transformed image, or a :class:`DeferredImage` while :meth:`defer_images` is on."""
+        return DeferredImage(self.image_key(index)) if self._deferred else self.image(index)
 
     def image_by_key(self, key: str) -> Any | None:
         """The transformed image whose :meth:`image_key` is ``key`` (None: no sample of this dataset has it)."""

@@ -141,9 +141,6 @@ class VisionCache:
     def __len__(self) -> int:
         return len(self._entries) + (len(self._spill.index) if self._spill is not None else 0)
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._entries or (self._spill is not None and key in self._spill)
-
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
@@ -259,13 +256,6 @@ def build_vision_cache(run: Mapping[str, Any], model: nn.Module, output_dir: str
     return VisionCache(int(size * 1e9), spill_path=spill)
 
 
-def _defer(dataset: Any, defer: bool) -> None:
-    if callable(getattr(dataset, "defer_images", None)):
-        dataset.defer_images(defer)
-    elif hasattr(dataset, "defer_images"):
-        dataset.defer_images = defer
-
-
 @contextlib.contextmanager
 def serving(cache: VisionCache | None, model: nn.Module, dataset: Any,
             name: str) -> Iterator[Callable[[dict[str, Any]], None] | None]:
@@ -283,14 +273,16 @@ def serving(cache: VisionCache | None, model: nn.Module, dataset: Any,
             raise KeyError(f"vision cache: no sample of {name} has the image {key}")
         return image
 
-    cache.loader = load if hasattr(dataset, "image_by_key") else None
-    if cache.loader is not None:
-        _defer(dataset, True)
+    deferring = hasattr(dataset, "image_by_key") and hasattr(dataset, "defer_images")
+    cache.loader = load if deferring else None
+    if deferring:
+        dataset.defer_images(True)
     before = dataclasses.replace(cache.stats)
     try:
         yield functools.partial(cache.fill, model)
     finally:
-        _defer(dataset, False)
+        if deferring:
+            dataset.defer_images(False)
         delta = CacheStats(*(getattr(cache.stats, f.name) - getattr(before, f.name)
                              for f in dataclasses.fields(CacheStats)))
         logger.info("vision cache, %s: %s; %d images held (%.1f MB)", name, delta.line(), len(cache),
