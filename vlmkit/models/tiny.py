@@ -93,7 +93,12 @@ def write_meta_checkpoint(root: str | Path, size_name: str, params: Mapping[str,
 
 
 def tiny_lavin_config(llama_root: str | Path, **overrides: Any) -> Any:
-    """vlmkit/configs/models/lavin.yaml with ``TINY_LAVIN_OVERRIDES`` and ``overrides`` applied (an OmegaConf DictConfig)."""
+    """vlmkit/configs/models/lavin.yaml with ``TINY_LAVIN_OVERRIDES`` and ``overrides`` applied (an OmegaConf DictConfig).
+
+    For the tiny CPU model only: the tiny overrides always apply, among them ``tap_every: 1`` and ``hidden_proj: 32``
+    (the recipe's are 4 and 128), so a full-size shape built from this config has the wrong adapters and trainable
+    count unless ``overrides`` restores them. Full-size configs start from ``defaults_of(MODELS.get("lavin"))``.
+    """
     from omegaconf import OmegaConf
 
     from vlmkit.registry import MODELS
